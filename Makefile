@@ -1,0 +1,26 @@
+# The two commands of the README: `make book` (set up, then build the book) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export MLKIT_DATA ?= $(abspath ../shared/data)
+
+.PHONY: setup book test clean
+
+setup: $(VENV)/.installed
+
+# torch first and pinned: on a CPU-only machine this is the CPU wheel; an unpinned torch pulls a CUDA build.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
+	touch $@
+
+book: setup
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf _build $(VENV)

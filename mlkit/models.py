@@ -1,0 +1,98 @@
+"""Models for meta-learning: an MLP, the Conv4 backbone, and a batch norm that is exact under ``vmap``."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class MLP(nn.Sequential):
+    """Fully connected network ``in_features -> hidden... -> out_features`` (the MAML sinusoid learner is
+    ``MLP(1, [40, 40], 1)``). ``activation`` is ``"relu"`` or ``"tanh"``."""
+
+    def __init__(self, in_features: int, hidden: list[int], out_features: int, activation: str = "relu"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: use one of {sorted(ACTIVATIONS)}")
+        sizes = [in_features, *hidden]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(sizes[-1], out_features))
+        super().__init__(*layers)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over batch statistics, written from ``mean``/``var`` so that its
+    second-order gradients are exact under ``torch.func.vmap``.
+
+    ``torch.nn.BatchNorm2d(track_running_stats=False)`` computes a wrong second-order meta-gradient
+    when vmapped over tasks (pytorch/functorch#534); this module has the same parameters
+    (``weight``, ``bias``) and normalises over every dimension but the channel (dim 1) of ``[N, C, *]``.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = [d for d in range(x.dim()) if d != 1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+def replace_batchnorm(model: nn.Module) -> nn.Module:
+    """Swap every ``torch.nn`` batch norm in ``model`` (in place) for :class:`BatchNorm`, keeping its
+    affine parameters. Returns ``model``."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            exact = BatchNorm(child.num_features, child.eps)
+            if child.affine:
+                with torch.no_grad():
+                    exact.weight.copy_(child.weight)
+                    exact.bias.copy_(child.bias)
+            setattr(model, name, exact.to(next(child.parameters(), exact.weight).device))
+        else:
+            replace_batchnorm(child)
+    return model
+
+
+class Conv4(nn.Module):
+    """The four-block convolutional learner of the MAML paper (Finn et al., 2017, Sec. 5.2).
+
+    ``variant="strided"`` (Omniglot): 4 x [3x3 conv, ``filters`` (64), stride 2, batch norm, ReLU], mean over
+    space, linear. ``variant="pool"`` (mini-ImageNet): 4 x [3x3 conv, ``filters`` (use 32), batch norm,
+    ReLU, 2x2 max-pool], flatten, linear. Batch norm always uses the batch's statistics (:class:`BatchNorm`).
+
+    Args:
+        in_channels: image channels; ways: classes out; image_size: input height = width.
+    Input ``[N, in_channels, image_size, image_size]``, output ``[N, ways]``.
+    """
+
+    def __init__(self, in_channels: int = 1, ways: int = 5, filters: int = 64, variant: str = "strided",
+                 image_size: int = 28):
+        super().__init__()
+        if variant not in ("strided", "pool"):
+            raise ValueError(f"unknown Conv4 variant {variant!r}: use 'strided' (Omniglot) or 'pool' (mini-ImageNet)")
+        self.variant = variant
+        blocks: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for _ in range(4):
+            stride = 2 if variant == "strided" else 1
+            blocks += [nn.Conv2d(channels, filters, 3, stride=stride, padding=1), BatchNorm(filters), nn.ReLU()]
+            if variant == "pool":
+                blocks.append(nn.MaxPool2d(2))
+            channels, size = filters, (size + 1) // 2 if variant == "strided" else size // 2
+        if size < 1:
+            raise ValueError(f"image_size {image_size} is too small for four {variant} blocks")
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Linear(filters if variant == "strided" else filters * size * size, ways)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x)
+        h = h.mean((2, 3)) if self.variant == "strided" else h.flatten(1)
+        return self.head(h)
