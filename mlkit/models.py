@@ -9,17 +9,29 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 class MLP(nn.Sequential):
     """Fully connected network ``in_features -> hidden... -> out_features`` (the MAML sinusoid learner is
-    ``MLP(1, [40, 40], 1)``). ``activation`` is ``"relu"`` or ``"tanh"``."""
+    ``MLP(1, [40, 40], 1)``). ``activation`` is ``"relu"`` or ``"tanh"``.
 
-    def __init__(self, in_features: int, hidden: list[int], out_features: int, activation: str = "relu"):
+    ``init="torch"`` keeps PyTorch's default initialisation; ``init="maml"`` draws weights from a normal
+    with std 0.01 truncated at two std and zeroes the biases, as the MAML reference code does.
+    """
+
+    def __init__(self, in_features: int, hidden: list[int], out_features: int, activation: str = "relu",
+                 init: str = "torch"):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: use one of {sorted(ACTIVATIONS)}")
+        if init not in ("torch", "maml"):
+            raise ValueError(f"unknown init {init!r}: use 'torch' or 'maml'")
         sizes = [in_features, *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
         layers.append(nn.Linear(sizes[-1], out_features))
         super().__init__(*layers)
+        if init == "maml":
+            for layer in self:
+                if isinstance(layer, nn.Linear):
+                    nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
+                    nn.init.zeros_(layer.bias)
 
 
 class BatchNorm(nn.Module):
@@ -40,9 +52,10 @@ class BatchNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         dims = [d for d in range(x.dim()) if d != 1]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        mean = x.mean(dims, keepdim=True)
-        var = x.var(dims, unbiased=False, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        centered = x - x.mean(dims, keepdim=True)
+        var = (centered * centered).mean(dims, keepdim=True)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(shape)  # [1, C, 1...]: cheap
+        return torch.addcmul(self.bias.view(shape), centered, scale)
 
 
 def replace_batchnorm(model: nn.Module) -> nn.Module:

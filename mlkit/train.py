@@ -111,16 +111,18 @@ def evaluate(algorithm: MAML, family, tasks: int = 600, steps: int | None = None
 
 def fit(algorithm: MAML, family, iterations: int, meta_batch: int = 25, meta_lr: float = 1e-3,
         device: str | torch.device = "auto", seed: int = 0, eval_every: int | None = None, eval_tasks: int = 100,
-        eval_steps: int | None = None, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500,
-        progress: bool = True) -> History:
+        eval_steps: int | None = None, eval_family=None, checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 500, minutes: float | None = None, progress: bool = True) -> History:
     """Meta-train ``algorithm`` with Adam on tasks drawn from ``family``.
 
     Args:
         algorithm: a MAML-family module (moved to ``device``). family: a task family.
         iterations: total outer steps; meta_batch: tasks per step; meta_lr: Adam's learning rate.
         device: "auto" (cuda > mps > cpu), "cpu", "cuda[:N]", "mps". seed: fixes the task stream.
-        eval_every: evaluate on ``eval_tasks`` fixed tasks every N iterations (and at the end).
+        eval_every: evaluate on ``eval_tasks`` fixed tasks every N iterations (and at the end), drawn from
+            ``eval_family`` (e.g. validation classes; default: ``family``) and adapted with ``eval_steps``.
         checkpoint: a file to save to every ``checkpoint_every`` iterations (atomically) and to resume from.
+        minutes: stop early once this much training time has passed (resumed time included).
     Returns:
         A :class:`History`. Raises ``FloatingPointError`` on a non-finite meta-loss, ``ValueError`` on bad
         arguments (before any work or file write).
@@ -131,12 +133,16 @@ def fit(algorithm: MAML, family, iterations: int, meta_batch: int = 25, meta_lr:
     _positive_int("eval_tasks", eval_tasks)
     if eval_every is not None:
         _positive_int("eval_every", eval_every)
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+                                or not minutes > 0 or not math.isfinite(minutes)):
+        raise ValueError(f"minutes must be a positive finite number of minutes, got {minutes!r}")
     if isinstance(meta_lr, bool) or not isinstance(meta_lr, (int, float)) or not math.isfinite(meta_lr) or meta_lr <= 0:
         raise ValueError(f"meta_lr must be a positive finite number, got {meta_lr!r}")
     if not isinstance(algorithm, MAML):
         raise ValueError(f"algorithm must be an mlkit algorithm (MAML, MetaSGD, ...), got {type(algorithm).__name__}")
-    if not callable(getattr(family, "sample", None)):
-        raise ValueError(f"family must be a task family with a sample(tasks, generator, device) method, got {family!r}")
+    for name, value in (("family", family), ("eval_family", family if eval_family is None else eval_family)):
+        if not callable(getattr(value, "sample", None)):
+            raise ValueError(f"{name} must be a task family with a sample(tasks, generator, device) method, got {value!r}")
     device = resolve_device(device)
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists() and path.is_dir():
@@ -149,7 +155,7 @@ def fit(algorithm: MAML, family, iterations: int, meta_batch: int = 25, meta_lr:
     config = {"meta_batch": meta_batch, "meta_lr": meta_lr, "seed": seed}
     start = 0
     if path is not None and path.exists():
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if state["config"] != config:
             raise ValueError(f"checkpoint {str(path)!r} was written with {state['config']}, not {config}; "
                              "use the same settings or another checkpoint path")
@@ -160,11 +166,14 @@ def fit(algorithm: MAML, family, iterations: int, meta_batch: int = 25, meta_lr:
         start = state["iteration"]
 
     def run_eval(iteration: int) -> None:
-        mean, ci95 = evaluate(algorithm, family, tasks=eval_tasks, steps=eval_steps, device=device, seed=seed + 1)
+        mean, ci95 = evaluate(algorithm, family if eval_family is None else eval_family, tasks=eval_tasks,
+                              steps=eval_steps, device=device, seed=seed + 1)
         history.eval_iteration.append(iteration)
         history.eval_mean.append(mean)
         history.eval_ci95.append(ci95)
 
+    if minutes is not None and history.seconds >= minutes * 60:
+        return history  # a resumed run whose time budget is already spent
     began = time.perf_counter() - history.seconds
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=type(algorithm).__name__,
                disable=not progress)
@@ -187,9 +196,14 @@ def fit(algorithm: MAML, family, iterations: int, meta_batch: int = 25, meta_lr:
             postfix[history.metric] = f"{history.eval_mean[-1]:.3f}"
         bar.set_postfix(postfix, refresh=False)
         history.seconds = time.perf_counter() - began
-        if path is not None and (done % checkpoint_every == 0 or done == iterations):
+        out_of_time = minutes is not None and history.seconds >= minutes * 60
+        if out_of_time and eval_every is not None and history.eval_iteration[-1:] != [done]:
+            run_eval(done)
+        if path is not None and (done % checkpoint_every == 0 or done == iterations or out_of_time):
             save_atomic({"iteration": done, "algorithm": algorithm.state_dict(), "optimizer": optimizer.state_dict(),
                          "generator": generator.get_state(), "history": asdict(history), "config": config}, path)
+        if out_of_time:
+            break
     bar.close()
     return history
 

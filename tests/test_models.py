@@ -11,6 +11,16 @@ def test_mlp_layers_and_shapes():
     assert model(torch.randn(7, 1)).shape == (7, 1)
     with pytest.raises(ValueError, match="activation"):
         mlkit.models.MLP(1, [4], 1, activation="gelu")
+    with pytest.raises(ValueError, match="init"):
+        mlkit.models.MLP(1, [4], 1, init="xavier")
+
+
+def test_mlp_maml_init_is_small_truncated_normal_with_zero_biases():
+    torch.manual_seed(0)
+    model = mlkit.models.MLP(1, [400, 400], 1, init="maml")
+    weights = torch.cat([m.weight.flatten() for m in model if isinstance(m, nn.Linear)])
+    assert weights.abs().max() <= 0.02 and 0.007 < weights.std() < 0.01  # truncation shrinks the std to ~0.0088
+    assert all(torch.all(m.bias == 0) for m in model if isinstance(m, nn.Linear))
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (6, 4, 5, 5)])

@@ -37,6 +37,16 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temporary files left behind
 
 
+def test_time_budget_stops_training_and_a_resumed_run_does_not_overrun(tmp_path):
+    path = tmp_path / "run.pt"
+    history = mlkit.fit(sine_maml(), mlkit.tasks.Sinusoid(), iterations=10_000, meta_batch=2, minutes=1e-9,
+                        checkpoint=path, eval_every=1000, eval_tasks=5, progress=False)
+    assert history.iteration == [1] and history.eval_iteration == [1]
+    again = mlkit.fit(sine_maml(), mlkit.tasks.Sinusoid(), iterations=10_000, meta_batch=2, minutes=1e-9,
+                      checkpoint=path, eval_every=1000, eval_tasks=5, progress=False)
+    assert again.iteration == [1]
+
+
 def test_checkpoint_with_other_settings_is_refused(tmp_path):
     path = tmp_path / "run.pt"
     mlkit.fit(sine_maml(), mlkit.tasks.Sinusoid(), iterations=2, meta_batch=3, checkpoint=path, progress=False)
@@ -57,7 +67,7 @@ def test_non_finite_loss_raises_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"iterations": 0}, "iterations"), ({"meta_batch": 0}, "meta_batch"), ({"meta_lr": -1.0}, "meta_lr"),
     ({"meta_lr": float("nan")}, "meta_lr"), ({"device": "tpu"}, "unknown device"), ({"eval_every": 0}, "eval_every"),
-    ({"checkpoint_every": -5}, "checkpoint_every"),
+    ({"checkpoint_every": -5}, "checkpoint_every"), ({"minutes": 0}, "minutes"), ({"minutes": float("inf")}, "minutes"),
 ])
 def test_bad_fit_arguments_raise_before_any_file_is_written(tmp_path, kwargs, match):
     args = {"iterations": 5, "checkpoint": tmp_path / "run.pt", "progress": False, **kwargs}
@@ -66,11 +76,21 @@ def test_bad_fit_arguments_raise_before_any_file_is_written(tmp_path, kwargs, ma
     assert list(tmp_path.iterdir()) == []
 
 
+def test_periodic_evaluation_uses_the_eval_family():
+    train, held_out = mlkit.tasks.Sinusoid(amplitude=(0.1, 0.2)), mlkit.tasks.Sinusoid(amplitude=(4.9, 5.0))
+    on_train = mlkit.fit(sine_maml(), train, iterations=2, meta_batch=2, eval_every=2, eval_tasks=20, progress=False)
+    on_held_out = mlkit.fit(sine_maml(), train, iterations=2, meta_batch=2, eval_every=2, eval_tasks=20,
+                            eval_family=held_out, progress=False)
+    assert on_held_out.eval_mean[0] > 20 * on_train.eval_mean[0]  # big amplitudes, big errors
+
+
 def test_fit_rejects_what_is_not_an_algorithm_or_a_family():
     with pytest.raises(ValueError, match="mlkit algorithm"):
         mlkit.fit(mlkit.models.MLP(1, [4], 1), mlkit.tasks.Sinusoid(), iterations=1)
     with pytest.raises(ValueError, match="task family"):
         mlkit.fit(sine_maml(), [1, 2, 3], iterations=1)
+    with pytest.raises(ValueError, match="eval_family"):
+        mlkit.fit(sine_maml(), mlkit.tasks.Sinusoid(), iterations=1, eval_family="val")
 
 
 def test_resolve_device():

@@ -1,0 +1,505 @@
+"""Time one MAML meta-training iteration: mlkit beside learn2learn, higher, TorchOpt and a plain torch.func loop.
+
+    benchmarks/setup_peers.sh                                  # once: benchmarks/.peers-venv (torch 2.14.1 + peers)
+    benchmarks/.peers-venv/bin/python benchmarks/peers.py      # every configuration, on the CPU
+    benchmarks/.peers-venv/bin/python benchmarks/peers.py --quick --configs b8-s1 --impls mlkit,higher
+
+One iteration is the meta-loss (mean over the meta-batch of each task's query loss after ``steps`` SGD steps
+at α on its support set), its backward pass and an Adam step. Every implementation starts from the same
+weights (mlkit's model, copied into its plain torch.nn twin) and sees the same seeded synthetic batch. Before
+it is timed, its meta-loss and meta-gradient are compared with mlkit's; a mismatch is reported, not timed.
+Each (implementation, configuration) runs in a fresh subprocess: failures stay isolated, peak RSS is its own.
+
+Configurations (``--configs`` keeps those whose name has every '-'-separated part of a filter, e.g. ``b8``,
+``s5-fo``): a = sinusoid MLP 1-40-40-1, 10 shots, 10 queries, meta-batch 25, α 0.01, MSE; b32 / b8 = Omniglot-
+shaped Conv4 5-way 1-shot, 15 queries per class, meta-batch 32 / 8, α 0.4; c = 20-way 5-shot, 5 queries per
+class, meta-batch 4, α 0.1; each with 1 and 5 inner steps (s1, s5), second and first order (so, fo).
+
+Writes benchmarks/results/peers-<device>.json, .md and .png (a --quick run only prints).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mlkit  # noqa: E402
+from common import RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from mlkit.tasks import TaskBatch  # noqa: E402
+
+SEED, TOLERANCE, META_LR, WARMUP = 0, 1e-4, 1e-3, 2
+LOSSES = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
+
+
+class Config(NamedTuple):
+    name: str
+    model: str  # "mlp" or "conv4"
+    ways: int
+    shots: int
+    queries: int  # per class (sinusoid: points)
+    meta_batch: int
+    inner_lr: float
+    loss: str
+    steps: int
+    first_order: bool
+
+
+FAMILIES = {  # model, ways, shots, queries, meta-batch, α, loss
+    "a": ("mlp", 1, 10, 10, 25, 0.01, "mse"),
+    "b32": ("conv4", 5, 1, 15, 32, 0.4, "cross_entropy"),
+    "b8": ("conv4", 5, 1, 15, 8, 0.4, "cross_entropy"),
+    "c": ("conv4", 20, 5, 5, 4, 0.1, "cross_entropy"),
+}
+CONFIGS = {c.name: c for c in (Config(f"{family}-s{steps}-{'fo' if fo else 'so'}", *spec, steps, fo)
+                               for family, spec in FAMILIES.items() for steps in (1, 5) for fo in (False, True))}
+
+
+# Models and data ---------------------------------------------------------------------------------------------
+def mlkit_model(cfg: Config) -> nn.Module:
+    torch.manual_seed(SEED)
+    if cfg.model == "mlp":
+        return mlkit.models.MLP(1, [40, 40], 1)
+    return mlkit.models.Conv4(1, cfg.ways, 64, "strided", 28)
+
+
+def torch_model(cfg: Config, source: nn.Module) -> nn.Module:
+    """The plain torch.nn twin of mlkit's model (nn.BatchNorm2d on batch statistics), with its weights."""
+    if cfg.model == "mlp":
+        net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+    else:
+        blocks: list[nn.Module] = []
+        for channels in (1, 64, 64, 64):
+            blocks += [nn.Conv2d(channels, 64, 3, stride=2, padding=1),
+                       nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU()]
+        net = nn.Sequential(OrderedDict(features=nn.Sequential(*blocks), pool=nn.AdaptiveAvgPool2d(1),
+                                        flatten=nn.Flatten(), head=nn.Linear(64, cfg.ways)))
+    net.load_state_dict(source.state_dict())  # strict: same names and shapes, so gradients line up too
+    return net.to(next(source.parameters()).device)
+
+
+def make_batch(cfg: Config, device: str) -> TaskBatch:
+    g = torch.Generator().manual_seed(SEED)
+    if cfg.model == "mlp":
+        return mlkit.tasks.Sinusoid(shots=cfg.shots, queries=cfg.queries).sample(cfg.meta_batch, generator=g,
+                                                                                  device=device)
+
+    def images(per_class):
+        return torch.rand(cfg.meta_batch, cfg.ways * per_class, 1, 28, 28, generator=g).to(device)
+
+    def labels(per_class):
+        return torch.arange(cfg.ways, device=device).repeat_interleave(per_class).expand(cfg.meta_batch, -1)
+
+    return TaskBatch(images(cfg.shots), labels(cfg.shots), images(cfg.queries), labels(cfg.queries))
+
+
+def tasks(batch: TaskBatch):
+    return zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+
+
+# The implementations: make(net, cfg) -> state; step(state, batch, inner_lr, steps, first_order) -> meta-loss,
+# leaving the meta-gradient in net's .grad. The harness zeroes the gradients before and steps Adam after.
+class State(NamedTuple):
+    net: nn.Module  # the parameters θ that the outer Adam trains
+    loss_fn: Callable
+    own: object = None  # the implementation's object: mlkit.MAML, l2l's MAML, an inner optimiser
+
+
+def make_mlkit(net, cfg):
+    return State(net, LOSSES[cfg.loss], mlkit.MAML(net, loss=cfg.loss, inner_lr=cfg.inner_lr,
+                                                   inner_steps=cfg.steps, first_order=cfg.first_order))
+
+
+def step_mlkit(s, batch, inner_lr, steps, first_order):
+    loss = s.own.meta_loss(batch, steps=steps)  # vmap over the tasks
+    loss.backward()
+    return loss
+
+
+def step_torchfunc(s, batch, inner_lr, steps, first_order):
+    """What a user writes with torch.func: a loop over tasks, functional_call + grad, per-task backward."""
+    theta = dict(s.net.named_parameters())
+
+    def support_loss(params, x, y):
+        return s.loss_fn(functional_call(s.net, params, (x,)), y)
+
+    total = 0.0
+    for sx, sy, qx, qy in tasks(batch):
+        params = theta
+        for _ in range(steps):
+            grads = torch.func.grad(support_loss)(params, sx, sy)
+            params = {k: p - inner_lr * (grads[k].detach() if first_order else grads[k]) for k, p in params.items()}
+        loss = s.loss_fn(functional_call(s.net, params, (qx,)), qy) / batch.tasks
+        loss.backward()
+        total = total + loss.detach()
+    return total
+
+
+def make_learn2learn(net, cfg):
+    import learn2learn as l2l
+    return State(net, LOSSES[cfg.loss], l2l.algorithms.MAML(net, lr=cfg.inner_lr, first_order=cfg.first_order))
+
+
+def step_learn2learn(s, batch, inner_lr, steps, first_order):
+    """learn2learn's documented pattern: clone(), adapt() per step, per-task backward of loss / meta-batch."""
+    total = 0.0
+    for sx, sy, qx, qy in tasks(batch):
+        learner = s.own.clone()
+        for _ in range(steps):
+            learner.adapt(s.loss_fn(learner(sx), sy))
+        loss = s.loss_fn(learner(qx), qy) / batch.tasks
+        loss.backward()
+        total = total + loss.detach()
+    return total
+
+
+def make_higher(net, cfg):
+    return State(net, LOSSES[cfg.loss], torch.optim.SGD(net.parameters(), lr=cfg.inner_lr))
+
+
+def step_higher(s, batch, inner_lr, steps, first_order):
+    """higher's MAML example; first order detaches the inner gradients: θ' = θ - α·stopgrad(g)."""
+    import higher
+    callback = (lambda grads: [g.detach() for g in grads]) if first_order else None
+    total = 0.0
+    for sx, sy, qx, qy in tasks(batch):
+        with higher.innerloop_ctx(s.net, s.own, copy_initial_weights=False) as (fnet, diffopt):
+            for _ in range(steps):
+                diffopt.step(s.loss_fn(fnet(sx), sy), grad_callback=callback)
+            loss = s.loss_fn(fnet(qx), qy) / batch.tasks
+            loss.backward()
+        total = total + loss.detach()
+    return total
+
+
+def make_torchopt(net, cfg):
+    import torchopt
+    inner = torchopt.sgd(lr=cfg.inner_lr) if cfg.first_order else torchopt.MetaSGD(net, lr=cfg.inner_lr)
+    return State(net, LOSSES[cfg.loss], inner)
+
+
+def step_torchopt(s, batch, inner_lr, steps, first_order):
+    """Second order: TorchOpt's MAML example (MetaSGD, extract/recover_state_dict per task, one backward).
+    MetaSGD always differentiates through its step, so first order uses TorchOpt's functional API with the
+    inner gradients taken without create_graph (a stop-gradient step)."""
+    import torchopt
+    losses = []
+    if first_order:
+        names, theta = zip(*s.net.named_parameters())
+        for sx, sy, qx, qy in tasks(batch):
+            params, opt_state = theta, s.own.init(theta)
+            for _ in range(steps):
+                loss = s.loss_fn(functional_call(s.net, dict(zip(names, params)), (sx,)), sy)
+                grads = torch.autograd.grad(loss, params)
+                updates, opt_state = s.own.update(grads, opt_state, inplace=False)
+                params = torchopt.apply_updates(params, updates, inplace=False)
+            losses.append(s.loss_fn(functional_call(s.net, dict(zip(names, params)), (qx,)), qy))
+    else:
+        net_state = torchopt.extract_state_dict(s.net, by="reference", detach_buffers=True)
+        opt_state = torchopt.extract_state_dict(s.own, by="reference")
+        for sx, sy, qx, qy in tasks(batch):
+            for _ in range(steps):
+                s.own.step(s.loss_fn(s.net(sx), sy))
+            losses.append(s.loss_fn(s.net(qx), qy))
+            torchopt.recover_state_dict(s.net, net_state)
+            torchopt.recover_state_dict(s.own, opt_state)
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    return loss
+
+
+def make_plain(net, cfg):
+    return State(net, LOSSES[cfg.loss])
+
+
+IMPLS = {  # name: (make, step, distribution or None, note)
+    "mlkit": (make_mlkit, step_mlkit, None, "vmap over tasks, mlkit BatchNorm"),
+    "torch.func loop": (make_plain, step_torchfunc, None, "per-task loop, functional_call + torch.func.grad"),
+    "learn2learn": (make_learn2learn, step_learn2learn, "learn2learn", "MAML.clone()/adapt(), per-task backward"),
+    "higher": (make_higher, step_higher, "higher", "innerloop_ctx per task, per-task backward"),
+    "torchopt": (make_torchopt, step_torchopt, "torchopt", ""),
+}
+
+
+# The worker: one (implementation, configuration) in its own process -----------------------------------------
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def count_flops(fn) -> tuple[float, bool]:
+    """FLOPs of ``fn()`` by FlopCounterMode, and whether a convolution backward was among them."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops(), torch.ops.aten.convolution_backward in counter.get_flop_counts()["Global"]
+
+
+def worker(impl: str, cfg: Config, device: str, repeats: int, ref_path: Path) -> dict:
+    make, step = IMPLS[impl][:2]
+    source = mlkit_model(cfg).to(device)
+    net = source if impl == "mlkit" else torch_model(cfg, source)
+    batch = make_batch(cfg, device)
+    state = make(net, cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=META_LR)
+    out = {"baseline_rss_mb": rss_mb()}
+
+    def iteration():
+        opt.zero_grad(set_to_none=True)
+        loss = step(state, batch, cfg.inner_lr, cfg.steps, cfg.first_order)
+        opt.step()
+        return loss
+
+    loss = float(iteration())  # warm-up 1, at θ0: its gradients (kept by Adam) are checked
+    grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                      for p in net.parameters()]).double().cpu()
+    if impl == "mlkit":
+        torch.save({"loss": loss, "grad": grad}, ref_path)
+    elif not ref_path.exists():
+        return {**out, "status": "error", "error": "no mlkit reference (mlkit failed on this configuration)"}
+    ref = torch.load(ref_path)
+    dev = max(abs(loss - ref["loss"]) / max(abs(ref["loss"]), 1e-12),
+              float((grad - ref["grad"]).abs().max() / ref["grad"].abs().max().clamp_min(1e-12)))
+    out.update(loss=loss, max_deviation=dev)
+    if dev > TOLERANCE:
+        return {**out, "status": "MISMATCH"}
+    for _ in range(WARMUP - 1):
+        iteration()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        iteration()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    out.update(status="ok", ms=1000 * statistics.median(times), ms_all=[1000 * t for t in times],
+               peak_rss_mb=rss_mb())
+    if device == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if impl == "mlkit":  # FLOPs of one meta-step, vmapped (timed) and looped (reference); after the RSS reading
+        out["flops"], out["conv_backward_counted"] = count_flops(iteration)
+        out["flops_loop"], _ = count_flops(lambda: state.own.meta_loss(batch, batched=False).backward())
+    return out
+
+
+# The harness ------------------------------------------------------------------------------------------------
+def availability(impl: str) -> str | None:
+    """None when the implementation imports, else why not (setup_peers.sh's recorded reason first)."""
+    dist = IMPLS[impl][2]
+    if dist is None:
+        return None
+    try:
+        importlib.import_module(dist)
+        return None
+    except Exception as e:  # noqa: BLE001 - any import failure means the peer is unusable
+        status = Path(sys.prefix) / "install-status" / f"{dist}.txt"
+        reason = status.read_text().strip() if status.exists() else ""
+        return reason or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def torchopt_extension() -> str:
+    try:
+        from torchopt._C import adam_op  # noqa: F401
+        return "torchopt._C loaded"
+    except Exception as e:  # noqa: BLE001
+        return (f"torchopt._C does not load ({type(e).__name__}: {str(e).splitlines()[0][:90]}); "
+                "TorchOpt falls back to Python (only its accelerated Adam ops use _C)")
+
+
+def run_worker(impl: str, cfg: Config, args, ref: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--configs", cfg.name, "--device", args.device,
+           "--threads", str(args.threads), "--repeats", str(args.repeats), "--ref", str(ref)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "error": f"timed out after {args.timeout} s"}
+    results = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if results:
+        return json.loads(results[-1])
+    lines = proc.stderr.strip().splitlines() or [""]
+    return {"status": "error", "error": f"exit code {proc.returncode}: {lines[-1][:200]}"}
+
+
+def sgemm_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for i in range(repeats + 3):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    width = 0.8 / len(impls)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(configs) + 2), 4.5))
+    for i, impl in enumerate(impls):
+        ms = {r["config"]: r["ms"] for r in rows if r["impl"] == impl and r.get("ms")}
+        xs = [j + (i - (len(impls) - 1) / 2) * width for j, c in enumerate(configs) if c in ms]
+        ax.bar(xs, [ms[c] for c in configs if c in ms], width, label=impl)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(configs)), configs, rotation=45, ha="right")
+    ax.set_ylabel("ms per meta-iteration (median)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, ncol=len(impls))
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".png", delete=False) as f:
+        fig.savefig(f.name, dpi=120)
+    os.replace(f.name, path)
+    plt.close(fig)
+
+
+def selected(names, wanted: str | None) -> list[str]:
+    if not wanted:
+        return list(names)
+    filters = [set(w.split("-")) for w in wanted.split(",")]
+    return [n for n in names if any(f <= set(n.split("-")) for f in filters)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--configs", help="comma-separated filters, e.g. b8 or a,s5-fo (default: all)")
+    parser.add_argument("--impls", help=f"comma-separated, from {', '.join(IMPLS)} (mlkit always runs)")
+    parser.add_argument("--repeats", type=int, help="timed iterations after 2 warm-up ones (default 10; 5 quick)")
+    parser.add_argument("--quick", action="store_true", help="5 timed iterations, print only")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (all cores)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per (implementation, configuration)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--ref", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.repeats = args.repeats or (5 if args.quick else 10)
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be at least 1")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    torch.set_num_threads(args.threads)
+
+    if args.worker:  # one (implementation, configuration); the result is the last line starting with RESULT
+        try:
+            result = worker(args.worker, CONFIGS[args.configs], args.device, args.repeats, Path(args.ref))
+        except Exception as e:  # noqa: BLE001 - report the peer's failure, keep the benchmark going
+            result = {"status": "error", "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    configs = selected(CONFIGS, args.configs)
+    impls = ["mlkit"] + [i for i in (args.impls.split(",") if args.impls else IMPLS) if i != "mlkit"]
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown or not configs:
+        parser.error(f"unknown --impls {unknown}" if unknown else f"--configs {args.configs!r} matches none")
+    missing = {impl: availability(impl) for impl in impls}
+    versions = {d: importlib.metadata.version(d) for d in ["torch", "mlkit"] + [IMPLS[i][2] for i in impls]
+                if d and not missing.get(d)}
+    ext_note = torchopt_extension() if "torchopt" in impls and not missing["torchopt"] else ""
+    sgemm = sgemm_gflops(args.device)
+    print(f"sgemm 2048x2048: {sgemm:.1f} GFLOP/s ({args.threads} threads, {args.device})", file=sys.stderr)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in configs:
+            cfg, ref = CONFIGS[name], Path(tmp) / f"{name}.pt"
+            mlkit_ms = None
+            for impl in impls:
+                if missing[impl]:
+                    r = {"status": "not installed", "error": missing[impl]}
+                else:
+                    r = run_worker(impl, cfg, args, ref)
+                mlkit_ms = r.get("ms") if impl == "mlkit" else mlkit_ms
+                r.update(config=name, impl=impl, ratio=r["ms"] / mlkit_ms if r.get("ms") and mlkit_ms else None)
+                notes = [IMPLS[impl][3]]
+                if impl == "torchopt":
+                    notes = ["functional sgd, inner grads without create_graph" if cfg.first_order
+                             else "MetaSGD + extract/recover_state_dict, one backward"]
+                elif impl == "higher" and cfg.first_order:
+                    notes.append("FO: grad_callback detach (inner grads still built with create_graph)")
+                if r.get("flops"):
+                    r["gflops_per_s"] = r["flops"] / r["ms"] / 1e6
+                    notes.append(f"{r['flops'] / 1e9:.2f} GFLOP/iter, {r['gflops_per_s']:.1f} GFLOP/s "
+                                 f"({100 * r['gflops_per_s'] / sgemm:.0f}% of sgemm)")
+                r["notes"] = "; ".join(n for n in notes if n)
+                rows.append(r)
+                shown = f"{r['ms']:.1f} ms" if r.get("ms") else f"{r['status']} {r.get('error', '')}"
+                print(f"{name:10s} {impl:16s} {shown}", file=sys.stderr, flush=True)
+
+    def fmt(r):
+        if r["status"] == "ok":
+            status = f"{r['ms']:.1f}"
+        elif r["status"] == "MISMATCH":
+            status = "MISMATCH"
+        else:
+            status = f"{r['status']}: {r.get('error', '')}"
+        rss = f"{r['peak_rss_mb']:.0f} (base {r['baseline_rss_mb']:.0f})" if "peak_rss_mb" in r else "—"
+        return [r["config"], r["impl"], status, f"{r['ratio']:.2f}" if r["ratio"] else "—", rss,
+                f"{r['cuda_peak_mb']:.0f}" if "cuda_peak_mb" in r else "—",
+                f"{r['max_deviation']:.1e}" if "max_deviation" in r else "—", r["notes"]]
+
+    table = markdown_table(["config", "impl", "ms/iter (median)", "ratio to mlkit", "peak RSS MB",
+                            "CUDA peak MB", "max deviation", "notes"], [fmt(r) for r in rows])
+    flop_rows = [r for r in rows if r.get("flops")]
+    flop_check = "; ".join(f"{r['config']}: vmap {r['flops'] / 1e9:.3f} vs loop {r['flops_loop'] / 1e9:.3f} GFLOP"
+                           f"{'' if r['conv_backward_counted'] else ' (no conv backward)'}"
+                           for r in flop_rows if r["config"].startswith(("b", "c")))
+    caption = (
+        f"One MAML meta-training iteration (meta-loss over the meta-batch, backward, Adam step), median of "
+        f"{args.repeats} after {WARMUP} warm-up iterations, {args.device}, {args.threads} threads; each "
+        "(implementation, configuration) in a fresh process. Configurations: a = sinusoid MLP 1-40-40-1, 10 shots, "
+        "10 queries, meta-batch 25, α 0.01; b32 / b8 = Conv4 (64 strided filters, batch statistics) 5-way 1-shot, "
+        "15 queries per class, 28×28, meta-batch 32 / 8, α 0.4; c = 20-way 5-shot, 5 queries per class, meta-batch 4, "
+        "α 0.1; s1 / s5 inner steps, so / fo second / first order. Synthetic inputs (seed 0), identical for all; "
+        f"peers run the plain torch.nn twin of mlkit's model with its weights. Max deviation: of the meta-loss and "
+        f"the flattened meta-gradient from mlkit's on the first iteration, relative to mlkit's max |value|; "
+        f"above {TOLERANCE:g} the row is MISMATCH and not timed. Peak RSS: the process's peak (base: after imports, "
+        f"model and batch). sgemm (2048×2048 torch.mm): {sgemm:.1f} GFLOP/s. mlkit's FLOPs by "
+        f"torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions, forward and backward) on the vmapped "
+        f"step, checked against the task loop: {flop_check or 'n/a'}. "
+        + (f"{ext_note}. " if ext_note else "")
+        + "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f". Machine: {machine()}." + (" QUICK RUN." if args.quick else ""))
+    text = f"{table}\n\n{caption}\n"
+    print(text)
+    if args.quick:
+        return
+    stem = RESULTS / f"peers-{args.device}"
+    write_json(stem.with_suffix(".json"), {"machine": machine(), "device": args.device, "threads": args.threads,
+                                           "repeats": args.repeats, "sgemm_gflops": sgemm, "versions": versions,
+                                           "torchopt_extension": ext_note, "rows": rows})
+    write_atomic(stem.with_suffix(".md"), text)
+    plot(rows, stem.with_suffix(".png"), f"MAML meta-iteration, {args.device}: {machine()}")
+
+
+if __name__ == "__main__":
+    main()

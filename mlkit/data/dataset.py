@@ -1,0 +1,93 @@
+"""ClassDataset: labelled images grouped by class, the input of few-shot episode sampling."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+class ClassDataset:
+    """Images with class labels; optionally every class also seen rotated by quarter turns as new classes.
+
+    Args:
+        images: ``[N, C, H, W]``, uint8 (0..255) or float.
+        labels: ``[N]`` int64 base-class ids in ``0..len(classes)-1``.
+        classes: a name per base class.
+        rotations: quarter turns applied to every base class, each making a distinct class (the MAML
+            paper's Omniglot augmentation uses ``(0, 1, 2, 3)``). Class ``c`` is base class
+            ``c // len(rotations)`` turned ``rotations[c % len(rotations)]`` times.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], rotations: Sequence[int] = (0,)):
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be [N] = [{images.shape[0]}], got shape {tuple(labels.shape)}")
+        if len(classes) == 0:
+            raise ValueError("a ClassDataset needs at least one class; the class list is empty")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise ValueError(f"labels must lie in 0..{len(classes) - 1} (one per class name)")
+        if not rotations or any(r not in (0, 1, 2, 3) for r in rotations) or len(set(rotations)) != len(rotations):
+            raise ValueError(f"rotations must be distinct quarter turns from (0, 1, 2, 3), got {tuple(rotations)}")
+        self.images, self.labels = images, labels.long()
+        self.classes, self.rotations = list(classes), tuple(rotations)
+        counts = torch.bincount(self.labels, minlength=len(self.classes))
+        if (counts == 0).any():
+            empty = [self.classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()[:3]]
+            raise ValueError(f"every class needs at least one image; these have none: {empty}")
+        # members[c, j] = index of the j-th image of base class c, padded with -1.
+        order = torch.argsort(self.labels, stable=True)
+        self.counts = counts
+        self.members = torch.full((len(self.classes), int(counts.max())), -1, dtype=torch.long)
+        starts = torch.cumsum(counts, 0) - counts
+        position = torch.arange(len(order)) - starts[self.labels[order]]
+        self.members[self.labels[order], position] = order
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, rotations counted as classes."""
+        return len(self.classes) * len(self.rotations)
+
+    def __len__(self) -> int:
+        return self.images.shape[0] * len(self.rotations)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self.classes)} classes x {len(self.rotations)} rotations, "
+                f"{self.images.shape[0]} images of {tuple(self.images.shape[1:])})")
+
+    def subset(self, base_classes: Sequence[int] | Tensor, rotations: Sequence[int] | None = None) -> "ClassDataset":
+        """The images of the given base classes (relabelled ``0..len-1`` in that order)."""
+        base_classes = torch.as_tensor(base_classes, dtype=torch.long).flatten()
+        if base_classes.numel() == 0:
+            raise ValueError("subset needs at least one class; the class list is empty")
+        if len(set(base_classes.tolist())) != base_classes.numel():
+            raise ValueError("subset classes must be distinct")
+        remap = torch.full((len(self.classes),), -1, dtype=torch.long)
+        remap[base_classes] = torch.arange(base_classes.numel())
+        keep = remap[self.labels] >= 0
+        return ClassDataset(self.images[keep], remap[self.labels[keep]], [self.classes[i] for i in base_classes.tolist()],
+                            self.rotations if rotations is None else rotations)
+
+    def split_classes(self, sizes: Sequence[int], seed: int = 0, rotations: Sequence[int] | None = None) -> list["ClassDataset"]:
+        """Shuffle the base classes with ``seed`` and cut them into disjoint parts of the given ``sizes``."""
+        if any(s <= 0 for s in sizes) or sum(sizes) > len(self.classes):
+            raise ValueError(f"split sizes {list(sizes)} must be positive and sum to at most {len(self.classes)} classes")
+        order = torch.randperm(len(self.classes), generator=torch.Generator().manual_seed(seed))
+        parts, start = [], 0
+        for size in sizes:
+            parts.append(self.subset(order[start:start + size], rotations))
+            start += size
+        return parts
+
+
+def digits() -> ClassDataset:
+    """scikit-learn's bundled handwritten digits: 1,797 images of 8x8 pixels, classes "0".."9".
+
+    Offline and small, so every chapter of the book can run on it. Pixel values 0..16 are scaled to 0..255.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images * (255 / 16)).round().to(torch.uint8)[:, None]
+    return ClassDataset(images, torch.as_tensor(bunch.target), [str(d) for d in range(10)])
