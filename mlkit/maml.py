@@ -79,12 +79,17 @@ class MAML(nn.Module):
     def forward(self, batch: TaskBatch) -> Tensor:
         return self.meta_loss(batch)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> core.Params:
-        """Adapt θ to one task. support_x: ``[n, *in]``, support_y: ``[n, *out]``. Returns ``name -> tensor``."""
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None,
+              inner_lr: float | None = None) -> core.Params:
+        """Adapt θ to one task. support_x: ``[n, *in]``, support_y: ``[n, *out]``; ``steps`` and ``inner_lr``
+        override the defaults (a float ``inner_lr`` also replaces Meta-SGD's learned rates). Returns ``name -> tensor``."""
         if support_x.shape[0] != support_y.shape[0]:
             raise ValueError(f"support_x has {support_x.shape[0]} examples but support_y has {support_y.shape[0]}")
+        if inner_lr is not None:
+            core.check_inner(inner_lr, 0)
+        lr = self.learning_rates() if inner_lr is None else float(inner_lr)
         return core.adapt(self.functional_forward, self.loss_fn, self.params(), support_x, support_y,
-                          self.learning_rates(), self._steps(steps), self.first_order)
+                          lr, self._steps(steps), self.first_order)
 
     def predict(self, params: core.Params, x: Tensor) -> Tensor:
         """Predictions of the model with adapted ``params`` on ``x: [n, *in]``."""

@@ -10,25 +10,26 @@ from .tasks.sinusoid import Sinusoid
 from .train import History
 
 
-def sine_adaptation(algorithm: MAML, batch: TaskBatch, task: int = 0, steps=(0, 1, 10), ax=None):
+def sine_adaptation(algorithm: MAML, batch: TaskBatch, task: int = 0, steps=(0, 1, 10), inner_lr: float | None = None,
+                    ax=None):
     """Plot one sinusoid task: the true curve, its support points, and the model after each number of
-    inner ``steps``. ``batch`` comes from :class:`~mlkit.tasks.Sinusoid` (its ``info`` has the curve).
-    Returns the matplotlib ``Axes``."""
+    inner ``steps`` (at ``inner_lr``, default the algorithm's). ``batch`` comes from
+    :class:`~mlkit.tasks.Sinusoid` (its ``info`` has the curve). Returns the matplotlib ``Axes``."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     device = next(algorithm.parameters()).device
     one = batch[task].to(device)
     x = torch.linspace(-5, 5, 200, device=device)[None, :, None]
     truth = Sinusoid.function(one.info["amplitude"], one.info["phase"], x)
-    ax.plot(x[0, :, 0].cpu(), truth[0, :, 0].cpu(), color="black", lw=2, label="true task")
+    ax.plot(x[0, :, 0].cpu().numpy(), truth[0, :, 0].cpu().numpy(), color="black", lw=2, label="true task")
     cmap = plt.get_cmap("viridis")
     for i, k in enumerate(steps):
-        params = algorithm.adapt(one.support_x[0], one.support_y[0], steps=k)
+        params = algorithm.adapt(one.support_x[0], one.support_y[0], steps=k, inner_lr=inner_lr)
         with torch.no_grad():
             y = algorithm.predict(params, x[0])
-        ax.plot(x[0, :, 0].cpu(), y[:, 0].cpu(), color=cmap(i / max(1, len(steps) - 1)), ls="--",
+        ax.plot(x[0, :, 0].cpu().numpy(), y[:, 0].cpu().numpy(), color=cmap(i / max(1, len(steps) - 1)), ls="--",
                 label=f"after {k} step{'s' if k != 1 else ''}")
-    ax.scatter(one.support_x[0, :, 0].cpu(), one.support_y[0, :, 0].cpu(), color="crimson", zorder=3,
+    ax.scatter(one.support_x[0, :, 0].cpu().numpy(), one.support_y[0, :, 0].cpu().numpy(), color="crimson", zorder=3,
                label=f"support ({one.support_x.shape[1]} shots)")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
@@ -46,10 +47,10 @@ def learning_curves(*histories: History, labels=None, smooth: int = 50, ax=None)
         loss = torch.tensor(history.loss)
         window = max(1, min(smooth, len(loss)))
         averaged = torch.nn.functional.avg_pool1d(loss[None, None], window, stride=1)[0, 0]
-        line, = ax.plot(history.iteration[window - 1:], averaged, label=f"{label}: train meta-loss")
+        line, = ax.plot(history.iteration[window - 1:], averaged.numpy(), label=f"{label}: train meta-loss")
         if history.eval_iteration:
             mean, ci = torch.tensor(history.eval_mean), torch.tensor(history.eval_ci95)
-            ax.errorbar(history.eval_iteration, mean, yerr=ci, color=line.get_color(), marker="o", ls=":",
+            ax.errorbar(history.eval_iteration, mean.numpy(), yerr=ci.numpy(), color=line.get_color(), marker="o", ls=":",
                         capsize=3, label=f"{label}: eval {history.metric}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss" if not histories or histories[0].metric != "accuracy" else "loss / accuracy")
@@ -57,3 +58,54 @@ def learning_curves(*histories: History, labels=None, smooth: int = 50, ax=None)
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     return ax
+
+
+def sine_tasks(batch: TaskBatch, tasks: int = 4, ax=None):
+    """Plot the first ``tasks`` sinusoid tasks of ``batch``: each true curve with its support (dots) and
+    query (crosses) points. Returns the ``Axes``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    x = torch.linspace(-5, 5, 200)[None, :, None].expand(min(tasks, batch.tasks), -1, -1)
+    curves = Sinusoid.function(batch.info["amplitude"][:tasks].cpu(), batch.info["phase"][:tasks].cpu(), x)
+    for t in range(min(tasks, batch.tasks)):
+        line, = ax.plot(x[t, :, 0].numpy(), curves[t, :, 0].numpy(), lw=1.5, alpha=0.8)
+        ax.scatter(batch.support_x[t, :, 0].cpu().numpy(), batch.support_y[t, :, 0].cpu().numpy(), color=line.get_color(), s=25)
+        ax.scatter(batch.query_x[t, :, 0].cpu().numpy(), batch.query_y[t, :, 0].cpu().numpy(), color=line.get_color(), marker="x", s=25)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title("tasks: support (dots) and query (crosses)")
+    return ax
+
+
+def episode(batch: TaskBatch, task: int = 0, predictions: torch.Tensor | None = None, max_queries: int = 10):
+    """Show one classification episode: the support images (one row per class) beside up to ``max_queries``
+    query images per class. With ``predictions`` (``[tasks, n_query]`` labels), query titles turn green when
+    right and red when wrong. Returns the ``Figure``."""
+    sx, sy = batch.support_x[task].cpu(), batch.support_y[task].cpu()
+    qx, qy = batch.query_x[task].cpu(), batch.query_y[task].cpu()
+    ways = int(sy.max()) + 1
+    shots = len(sy) // ways
+    queries = min(max_queries, len(qy) // ways)
+    fig, axes = plt.subplots(ways, shots + queries, figsize=(1.1 * (shots + queries), 1.15 * ways), squeeze=False)
+    for label in range(ways):
+        support = sx[sy == label]
+        query_index = torch.nonzero(qy == label).flatten()[:queries]
+        for j in range(shots + queries):
+            ax = axes[label, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < shots:
+                ax.imshow(support[j, 0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+                ax.set_title(f"class {label}", fontsize=7)
+                for spine in ax.spines.values():
+                    spine.set_color("tab:blue")
+                    spine.set_linewidth(2)
+            else:
+                k = query_index[j - shots]
+                ax.imshow(qx[k, 0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+                if predictions is not None:
+                    guess = int(predictions[task, k])
+                    ax.set_title(f"→ {guess}", fontsize=7, color="tab:green" if guess == label else "tab:red")
+    fig.suptitle("support (blue frames) and query images, one row per class", fontsize=9)
+    fig.tight_layout()
+    return fig

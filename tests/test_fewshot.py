@@ -111,15 +111,16 @@ def test_digits_is_the_offline_dataset():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["maml", "meta-sgd"])
-def test_meta_training_on_digits_beats_chance_on_held_out_digits(algorithm):
+def test_meta_training_on_digits_beats_the_untrained_model_on_held_out_digits(algorithm):
     torch.manual_seed(0)
     train, test = mlkit.data.digits().split_classes([7, 3], seed=0)
     model = mlkit.models.Conv4(1, ways=3, filters=16, image_size=8)
     algo = (mlkit.MAML(model, loss="cross_entropy", inner_lr=0.4) if algorithm == "maml"
             else mlkit.MetaSGD(model, loss="cross_entropy", inner_lr=0.4))
-    family = mlkit.tasks.FewShot(test, ways=3, shots=1, queries=5)
-    before, _ = mlkit.evaluate(algo, family, tasks=200, steps=3)
-    mlkit.fit(algo, mlkit.tasks.FewShot(train, ways=3, shots=1, queries=1), iterations=150, meta_batch=16,
+    family = mlkit.tasks.FewShot(test, ways=3, shots=5, queries=5)
+    before, _ = mlkit.evaluate(algo, family, tasks=200, steps=1)
+    mlkit.fit(algo, mlkit.tasks.FewShot(train, ways=3, shots=5, queries=5), iterations=300, meta_batch=8,
               meta_lr=3e-3, progress=False)
-    after, ci95 = mlkit.evaluate(algo, family, tasks=200, steps=3)
-    assert after > before + 10 and after - ci95 > 55  # chance is 33%
+    after, ci95 = mlkit.evaluate(algo, family, tasks=200, steps=1)
+    # chance is 33%; measured over seeds 0-2: 51-56% before, 85-90% after
+    assert after > before + 20 and after - ci95 > 75

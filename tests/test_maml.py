@@ -162,6 +162,18 @@ def test_adapt_and_predict_shapes():
     assert maml.query_predictions(batch, steps=2).shape == (3, 7, 1)
 
 
+def test_adapt_inner_lr_override(float64):
+    torch.manual_seed(0)
+    maml = mlkit.MAML(mlkit.models.MLP(3, [8], 1), inner_lr=0.1)
+    batch = random_tasks(tasks=1)
+    sx, sy = batch.support_x[0], batch.support_y[0]
+    a = maml.adapt(sx, sy, steps=1, inner_lr=0.3)
+    b = mlkit.MAML(maml.model, inner_lr=0.3).adapt(sx, sy, steps=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="inner_lr"):
+        maml.adapt(sx, sy, inner_lr=float("nan"))
+
+
 def test_more_inner_steps_adapt_further(float64):
     torch.manual_seed(0)
     maml = mlkit.MAML(mlkit.models.MLP(3, [16], 1), inner_lr=0.05)

@@ -1,4 +1,5 @@
 import matplotlib.pyplot as plt
+import pytest
 import torch
 
 import mlkit
@@ -24,4 +25,39 @@ def test_learning_curves_plots_loss_and_evaluations():
     ax = mlkit.plot.learning_curves(history, history, labels=["a", "b"], smooth=10)
     assert len(ax.lines) >= 2 and len(ax.containers) == 2
     assert len(ax.lines[0].get_xdata()) == 91
+    plt.close("all")
+
+
+def test_sine_tasks_draws_one_curve_per_task_with_its_points():
+    batch = mlkit.tasks.Sinusoid(shots=4, queries=6).sample(5, generator=torch.Generator().manual_seed(0))
+    ax = mlkit.plot.sine_tasks(batch, tasks=3)
+    assert len(ax.lines) == 3
+    assert [c.get_offsets().shape[0] for c in ax.collections] == [4, 6] * 3
+    plt.close("all")
+
+
+def test_episode_grid_marks_right_and_wrong_predictions():
+    dataset = mlkit.data.ClassDataset(torch.randint(0, 255, (40, 1, 6, 6), dtype=torch.uint8),
+                                      torch.arange(4).repeat_interleave(10), list("abcd"))
+    batch = mlkit.tasks.FewShot(dataset, ways=3, shots=2, queries=3).sample(2)
+    predictions = batch.query_y.clone()
+    predictions[1, 0] = (predictions[1, 0] + 1) % 3
+    fig = mlkit.plot.episode(batch, task=1, predictions=predictions)
+    axes = fig.axes
+    assert len(axes) == 3 * (2 + 3)
+    colors = [ax.title.get_color() for ax in axes if ax.get_title().startswith("→")]
+    assert colors.count("tab:red") == 1 and colors.count("tab:green") == 8
+    plt.close("all")
+
+
+def test_sine_explorer_readapts_with_the_slider_values(monkeypatch):
+    calls = []
+    monkeypatch.setattr(mlkit.widgets, "sine_adaptation",
+                        lambda algorithm, batch, steps, inner_lr, ax: calls.append((batch.support_x.shape[1], steps, inner_lr)))
+    monkeypatch.setattr(mlkit.widgets.plt, "show", lambda: None)
+    explorer = mlkit.widgets.sine_explorer(mlkit.MAML(mlkit.models.MLP(1, [8], 1)))
+    (shots, steps), (inner_lr, _task) = explorer.children[0].children, explorer.children[1].children
+    shots.value, steps.value, inner_lr.value = 12, 7, 0.05
+    assert calls[0] == (5, (0, 1), 0.01)
+    assert calls[-1] == (12, (0, 7), pytest.approx(0.05))
     plt.close("all")
