@@ -19,8 +19,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 book: setup
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
+# The unit tests, then every notebook of the book re-executed and compared with its committed outputs.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
 
 clean:
 	rm -rf _build $(VENV)

@@ -102,8 +102,9 @@ def main() -> None:
     for algorithm in algorithms:
         for k in shots:
             row = run(algorithm, args.ways, k, args.protocol, args.budget_minutes, args.iterations, splits, args.device)
-            key = (row["algorithm"], row["ways"], row["shots"], row["protocol"])
-            rows = [r for r in rows if (r["algorithm"], r["ways"], r["shots"], r["protocol"]) != key] + [row]
+            def key(r):
+                return r["algorithm"], r["ways"], r["shots"], r["protocol"], r["device"].split(":")[0]
+            rows = [r for r in rows if key(r) != key(row)] + [row]
             rows.sort(key=lambda r: (r["protocol"], r["ways"], r["shots"], r["algorithm"]))
             write_json(path, rows)
             write_atomic(RESULTS / "omniglot.md", report(rows))

@@ -7,8 +7,9 @@
 One iteration is the meta-loss (mean over the meta-batch of each task's query loss after ``steps`` SGD steps
 at α on its support set), its backward pass and an Adam step. Every implementation starts from the same
 weights (mlkit's model, copied into its plain torch.nn twin) and sees the same seeded synthetic batch. Before
-it is timed, its meta-loss and meta-gradient are compared with mlkit's; a mismatch is reported, not timed.
-Each (implementation, configuration) runs in a fresh subprocess: failures stay isolated, peak RSS is its own.
+it is timed, its first meta-loss and meta-gradient are compared with mlkit's in float64 (one process per
+configuration); a mismatch is reported, not timed. Each timing runs in a fresh process (float32): failures stay
+isolated and the peak RSS is its own.
 
 Configurations (``--configs`` keeps those whose name has every '-'-separated part of a filter, e.g. ``b8``,
 ``s5-fo``): a = sinusoid MLP 1-40-40-1, 10 shots, 10 queries, meta-batch 25, α 0.01, MSE; b32 / b8 = Omniglot-
@@ -36,7 +37,7 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -73,11 +74,13 @@ CONFIGS = {c.name: c for c in (Config(f"{family}-s{steps}-{'fo' if fo else 'so'}
 
 
 # Models and data ---------------------------------------------------------------------------------------------
-def mlkit_model(cfg: Config) -> nn.Module:
+def mlkit_model(cfg: Config, device: str, dtype: torch.dtype) -> nn.Module:
     torch.manual_seed(SEED)
     if cfg.model == "mlp":
-        return mlkit.models.MLP(1, [40, 40], 1)
-    return mlkit.models.Conv4(1, cfg.ways, 64, "strided", 28)
+        model = mlkit.models.MLP(1, [40, 40], 1)
+    else:
+        model = mlkit.models.Conv4(1, cfg.ways, 64, "strided", 28)
+    return model.to(device, dtype)
 
 
 def torch_model(cfg: Config, source: nn.Module) -> nn.Module:
@@ -91,23 +94,25 @@ def torch_model(cfg: Config, source: nn.Module) -> nn.Module:
                        nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU()]
         net = nn.Sequential(OrderedDict(features=nn.Sequential(*blocks), pool=nn.AdaptiveAvgPool2d(1),
                                         flatten=nn.Flatten(), head=nn.Linear(64, cfg.ways)))
-    net.load_state_dict(source.state_dict())  # strict: same names and shapes, so gradients line up too
-    return net.to(next(source.parameters()).device)
+    first = next(source.parameters())
+    net.to(first.device, first.dtype).load_state_dict(source.state_dict())  # strict: same names, same shapes
+    return net
 
 
-def make_batch(cfg: Config, device: str) -> TaskBatch:
+def make_batch(cfg: Config, device: str, dtype: torch.dtype) -> TaskBatch:
     g = torch.Generator().manual_seed(SEED)
     if cfg.model == "mlp":
-        return mlkit.tasks.Sinusoid(shots=cfg.shots, queries=cfg.queries).sample(cfg.meta_batch, generator=g,
-                                                                                  device=device)
+        b = mlkit.tasks.Sinusoid(shots=cfg.shots, queries=cfg.queries).sample(cfg.meta_batch, generator=g)
+    else:
+        def images(per_class):
+            return torch.rand(cfg.meta_batch, cfg.ways * per_class, 1, 28, 28, generator=g)
 
-    def images(per_class):
-        return torch.rand(cfg.meta_batch, cfg.ways * per_class, 1, 28, 28, generator=g).to(device)
+        def labels(per_class):
+            return torch.arange(cfg.ways).repeat_interleave(per_class).expand(cfg.meta_batch, -1).contiguous()
 
-    def labels(per_class):
-        return torch.arange(cfg.ways, device=device).repeat_interleave(per_class).expand(cfg.meta_batch, -1)
-
-    return TaskBatch(images(cfg.shots), labels(cfg.shots), images(cfg.queries), labels(cfg.queries))
+        b = TaskBatch(images(cfg.shots), labels(cfg.shots), images(cfg.queries), labels(cfg.queries))
+    return TaskBatch(*(t.to(device, dtype) if t.is_floating_point() else t.to(device)
+                       for t in (b.support_x, b.support_y, b.query_x, b.query_y)))
 
 
 def tasks(batch: TaskBatch):
@@ -229,13 +234,24 @@ def make_plain(net, cfg):
     return State(net, LOSSES[cfg.loss])
 
 
-IMPLS = {  # name: (make, step, distribution or None, note)
-    "mlkit": (make_mlkit, step_mlkit, None, "vmap over tasks, mlkit BatchNorm"),
-    "torch.func loop": (make_plain, step_torchfunc, None, "per-task loop, functional_call + torch.func.grad"),
-    "learn2learn": (make_learn2learn, step_learn2learn, "learn2learn", "MAML.clone()/adapt(), per-task backward"),
-    "higher": (make_higher, step_higher, "higher", "innerloop_ctx per task, per-task backward"),
-    "torchopt": (make_torchopt, step_torchopt, "torchopt", ""),
+IMPLS = {  # name: (make, step, distribution to import or None)
+    "mlkit": (make_mlkit, step_mlkit, None),
+    "torch.func loop": (make_plain, step_torchfunc, None),
+    "learn2learn": (make_learn2learn, step_learn2learn, "learn2learn"),
+    "higher": (make_higher, step_higher, "higher"),
+    "torchopt": (make_torchopt, step_torchopt, "torchopt"),
 }
+
+
+def note(impl: str, cfg: Config) -> str:
+    fo = cfg.first_order
+    return {"mlkit": "vmap over tasks, mlkit BatchNorm",
+            "torch.func loop": "per-task loop, functional_call + torch.func.grad, per-task backward",
+            "learn2learn": "MAML.clone()/adapt(), per-task backward",
+            "higher": "innerloop_ctx per task, per-task backward" + (
+                "; FO: grad_callback detach (inner grads still taken with create_graph)" if fo else ""),
+            "torchopt": ("functional torchopt.sgd, inner grads without create_graph" if fo
+                         else "MetaSGD + extract/recover_state_dict, one backward")}[impl]
 
 
 # The worker: one (implementation, configuration) in its own process -----------------------------------------
@@ -248,19 +264,73 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def count_flops(fn) -> tuple[float, bool]:
-    """FLOPs of ``fn()`` by FlopCounterMode, and whether a convolution backward was among them."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+def count_flops(fn) -> tuple[float, float, bool]:
+    """FLOPs of ``fn()`` by FlopCounterMode: (with a groups-aware convolution backward, stock, conv backward seen?).
+
+    The stock convolution_backward formula multiplies a grouped convolution's weight-gradient FLOPs by the
+    number of groups, and vmap turns per-task weights into one convolution grouped by task; this one does not.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+    overcount = [0]
+
+    def conv_backward(grad_out, x, w, _bias, _stride, _padding, _dilation, transposed, _out_pad, groups, mask,
+                      out_shape=None):
+        if transposed:
+            raise NotImplementedError("transposed convolution")
+        grad_weight = conv_flop_count(x, w, grad_out) if mask[1] else 0  # as many as the forward convolution
+        overcount[0] += (groups - 1) * grad_weight
+        return (conv_flop_count(grad_out, w, x, transposed=True) if mask[0] else 0) + grad_weight
+
+    aten = torch.ops.aten
+    with FlopCounterMode(display=False, custom_mapping={aten.convolution_backward: conv_backward}) as counter:
         fn()
-    return counter.get_total_flops(), torch.ops.aten.convolution_backward in counter.get_flop_counts()["Global"]
+    total = counter.get_total_flops()
+    return total, total + overcount[0], aten.convolution_backward in counter.get_flop_counts()["Global"]
+
+
+def first_step(impl: str, cfg: Config, device: str, dtype: torch.dtype) -> tuple[float, Tensor]:
+    """The meta-loss and the flattened meta-gradient of one step at θ0, in ``dtype``."""
+    make, step = IMPLS[impl][:2]
+    source = mlkit_model(cfg, device, dtype)
+    net = source if impl == "mlkit" else torch_model(cfg, source)
+    loss = step(make(net, cfg), make_batch(cfg, device, dtype), cfg.inner_lr, cfg.steps, cfg.first_order)
+    return float(loss.detach()), flat_grad(net)
+
+
+def flat_grad(net: nn.Module) -> Tensor:
+    """All of ``net``'s gradients, flattened in parameter order, as float64 on the CPU."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                      for p in net.parameters()]).double().cpu()
+
+
+def deviation(loss: float, grad: Tensor, ref: dict) -> float:
+    """max(relative meta-loss error, max |meta-gradient error| / max |reference meta-gradient|)."""
+    return max(abs(loss - ref["loss"]) / abs(ref["loss"]),
+               float((grad - ref["grad"]).abs().max() / ref["grad"].abs().max()))
+
+
+def check(cfg: Config, impls: list[str], device: str, ref_path: Path) -> dict:
+    """Each implementation's deviation from mlkit, all in float64; mlkit's result is saved to ``ref_path``."""
+    loss, grad = first_step("mlkit", cfg, device, torch.float64)
+    ref = {"loss": loss, "grad": grad}
+    torch.save(ref, ref_path)
+    out = {}
+    for impl in impls:
+        try:
+            out[impl] = {"max_deviation": 0.0 if impl == "mlkit" else
+                         deviation(*first_step(impl, cfg, device, torch.float64), ref)}
+        except Exception as e:  # noqa: BLE001 - one peer's failure is its own row
+            out[impl] = {"status": "error", "error": first_line(e)}
+    return out
 
 
 def worker(impl: str, cfg: Config, device: str, repeats: int, ref_path: Path) -> dict:
+    """Time ``repeats`` iterations after WARMUP ones, in float32; peak memory; the first iteration's error from
+    the float64 reference; mlkit's FLOPs."""
     make, step = IMPLS[impl][:2]
-    source = mlkit_model(cfg).to(device)
+    source = mlkit_model(cfg, device, torch.float32)
     net = source if impl == "mlkit" else torch_model(cfg, source)
-    batch = make_batch(cfg, device)
+    batch = make_batch(cfg, device, torch.float32)
     state = make(net, cfg)
     opt = torch.optim.Adam(net.parameters(), lr=META_LR)
     out = {"baseline_rss_mb": rss_mb()}
@@ -271,19 +341,8 @@ def worker(impl: str, cfg: Config, device: str, repeats: int, ref_path: Path) ->
         opt.step()
         return loss
 
-    loss = float(iteration())  # warm-up 1, at θ0: its gradients (kept by Adam) are checked
-    grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                      for p in net.parameters()]).double().cpu()
-    if impl == "mlkit":
-        torch.save({"loss": loss, "grad": grad}, ref_path)
-    elif not ref_path.exists():
-        return {**out, "status": "error", "error": "no mlkit reference (mlkit failed on this configuration)"}
-    ref = torch.load(ref_path)
-    dev = max(abs(loss - ref["loss"]) / max(abs(ref["loss"]), 1e-12),
-              float((grad - ref["grad"]).abs().max() / ref["grad"].abs().max().clamp_min(1e-12)))
-    out.update(loss=loss, max_deviation=dev)
-    if dev > TOLERANCE:
-        return {**out, "status": "MISMATCH"}
+    loss = float(iteration().detach())  # the first warm-up, at θ0: Adam leaves its gradients in .grad
+    out["fp32_error"] = deviation(loss, flat_grad(net), torch.load(ref_path))
     for _ in range(WARMUP - 1):
         iteration()
     times = []
@@ -297,10 +356,14 @@ def worker(impl: str, cfg: Config, device: str, repeats: int, ref_path: Path) ->
                peak_rss_mb=rss_mb())
     if device == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if impl == "mlkit":  # FLOPs of one meta-step, vmapped (timed) and looped (reference); after the RSS reading
-        out["flops"], out["conv_backward_counted"] = count_flops(iteration)
-        out["flops_loop"], _ = count_flops(lambda: state.own.meta_loss(batch, batched=False).backward())
+    if impl == "mlkit":  # FLOPs of one meta-step, vmapped (as timed) and looped over tasks (the check)
+        out["flops"], out["flops_stock"], out["conv_backward_counted"] = count_flops(iteration)
+        out["flops_loop"] = count_flops(lambda: state.own.meta_loss(batch, batched=False).backward())[0]
     return out
+
+
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
 # The harness ------------------------------------------------------------------------------------------------
@@ -315,7 +378,14 @@ def availability(impl: str) -> str | None:
     except Exception as e:  # noqa: BLE001 - any import failure means the peer is unusable
         status = Path(sys.prefix) / "install-status" / f"{dist}.txt"
         reason = status.read_text().strip() if status.exists() else ""
-        return reason or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return reason or first_line(e)
+
+
+def version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, mlkit say
+        return getattr(importlib.import_module(dist), "__version__", "?")
 
 
 def torchopt_extension() -> str:
@@ -323,13 +393,15 @@ def torchopt_extension() -> str:
         from torchopt._C import adam_op  # noqa: F401
         return "torchopt._C loaded"
     except Exception as e:  # noqa: BLE001
-        return (f"torchopt._C does not load ({type(e).__name__}: {str(e).splitlines()[0][:90]}); "
-                "TorchOpt falls back to Python (only its accelerated Adam ops use _C)")
+        why = str(e).split(": ", 1)[-1][:70]  # "undefined symbol: ..." without the library's path
+        return (f"torchopt._C does not load ({type(e).__name__}: {why}...): TorchOpt falls back to Python "
+                "quietly; only its accelerated Adam ops use _C, not MetaSGD or the functional sgd timed here")
 
 
-def run_worker(impl: str, cfg: Config, args, ref: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--configs", cfg.name, "--device", args.device,
-           "--threads", str(args.threads), "--repeats", str(args.repeats), "--ref", str(ref)]
+def subprocess_result(mode: str, impls: list[str], cfg: Config, args, ref: Path) -> dict:
+    """Run ``--worker check`` (all of ``impls``) or ``--worker time`` (one) on ``cfg`` in a fresh process."""
+    cmd = [sys.executable, __file__, "--worker", mode, "--impls", ",".join(impls), "--configs", cfg.name,
+           "--device", args.device, "--threads", str(args.threads), "--repeats", str(args.repeats), "--ref", str(ref)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -380,6 +452,59 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def fmt(r: dict) -> list:
+    if r["status"] == "ok":
+        status = f"{r['ms']:.1f}"
+    elif r["status"] == "MISMATCH":
+        status = "MISMATCH"
+    else:
+        status = f"{r['status']}: {r.get('error', '')}"
+    rss = f"{r['peak_rss_mb']:.0f} (base {r['baseline_rss_mb']:.0f})" if "peak_rss_mb" in r else "—"
+    return [r["config"], r["impl"], status, f"{r['ratio']:.2f}" if r["ratio"] else "—", rss,
+            f"{r['cuda_peak_mb']:.0f}" if "cuda_peak_mb" in r else "—",
+            f"{r['max_deviation']:.1e}" if "max_deviation" in r else "—", r["notes"]]
+
+
+def report(rows: list[dict], meta: dict, args, partial: bool) -> str:
+    """The markdown table and its caption."""
+    table = markdown_table(["config", "impl", "ms/iter (median)", "ratio to mlkit", "peak RSS MB",
+                            "CUDA peak MB", "max deviation", "notes"], [fmt(r) for r in rows])
+    flop_check = "; ".join(f"{r['config']} {r['flops'] / 1e9:.2f} (loop {r['flops_loop'] / 1e9:.2f}, stock "
+                           f"{r['flops_stock'] / 1e9:.2f}{'' if r['conv_backward_counted'] else ', NO conv backward'})"
+                           for r in rows if r.get("flops") and CONFIGS[r["config"]].model == "conv4")
+    caption = (
+        f"One MAML meta-training iteration (meta-loss over the meta-batch, backward, Adam step), median of "
+        f"{meta['repeats']} after {WARMUP} warm-up iterations, {meta['device']}, {meta['threads']} threads; each "
+        "(implementation, configuration) in a fresh process. Configurations: a = sinusoid MLP 1-40-40-1, 10 shots, "
+        "10 queries, meta-batch 25, α 0.01; b32 / b8 = Conv4 (64 strided filters, batch statistics) 5-way 1-shot, "
+        "15 queries per class, 28×28, meta-batch 32 / 8, α 0.4; c = 20-way 5-shot, 5 queries per class, meta-batch 4, "
+        "α 0.1; s1 / s5 inner steps, so / fo second / first order. Synthetic inputs (seed 0), identical for all; "
+        "peers run the plain torch.nn twin of mlkit's model with its weights. Max deviation: of the first step's "
+        "meta-loss and flattened meta-gradient from mlkit's, both in float64, relative to mlkit's (loss; max |grad|); "
+        f"above {TOLERANCE:g} the row is MISMATCH and not timed. The check runs in float64 because in float32 every "
+        "implementation, mlkit included, is off the exact value by up to ~1e-3 on the Conv4 configurations (batch "
+        "norm over 5 images, α 0.4): 'fp32 error' is that float32 error, each timed run's precision. Peak RSS: the "
+        "process's peak (base: after imports, model and batch). sgemm (2048×2048 torch.mm): "
+        f"{meta['sgemm_gflops']:.1f} GFLOP/s. mlkit's FLOPs per iteration, by torch.utils.flop_counter."
+        "FlopCounterMode (matmuls and convolutions, forward and backward) on the vmapped step as timed, with a "
+        "convolution_backward formula "
+        "that counts groups (the stock one counts a grouped convolution's weight gradient once per group, and vmap "
+        "makes the per-task weights one convolution grouped by task), against the same step looped over tasks and "
+        f"the stock count, GFLOP: {flop_check or 'n/a'}. "
+        + (f"{meta['torchopt_extension']}. " if meta["torchopt_extension"] else "")
+        + "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        + f". Machine: {meta['machine']}." + (" QUICK RUN." if args.quick else "")
+        + (" PARTIAL: the run has not finished (or was interrupted)." if partial else ""))
+    return f"{table}\n\n{caption}\n"
+
+
+def save(rows: list[dict], meta: dict, text: str, partial: bool) -> None:
+    stem = RESULTS / f"peers-{meta['device']}"
+    write_json(stem.with_suffix(".json"), {**meta, "partial": partial, "rows": rows})
+    write_atomic(stem.with_suffix(".md"), text)
+    plot(rows, stem.with_suffix(".png"), f"MAML meta-iteration, {meta['device']}: {meta['machine']}")
+
+
 def selected(names, wanted: str | None) -> list[str]:
     if not wanted:
         return list(names)
@@ -396,8 +521,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 timed iterations, print only")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (all cores)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per (implementation, configuration)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--ref", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["check", "time"], help=argparse.SUPPRESS)
+    parser.add_argument("--ref", type=Path, help=argparse.SUPPRESS)  # the float64 reference, for the workers
     args = parser.parse_args()
     args.repeats = args.repeats or (5 if args.quick else 10)
     if args.repeats < 1 or args.threads < 1:
@@ -408,11 +533,15 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device")
     torch.set_num_threads(args.threads)
 
-    if args.worker:  # one (implementation, configuration); the result is the last line starting with RESULT
+    if args.worker:  # a subprocess of the harness; its result is the line starting with RESULT
+        cfg, impls = CONFIGS[args.configs], args.impls.split(",")
         try:
-            result = worker(args.worker, CONFIGS[args.configs], args.device, args.repeats, Path(args.ref))
-        except Exception as e:  # noqa: BLE001 - report the peer's failure, keep the benchmark going
-            result = {"status": "error", "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
+            if args.worker == "check":
+                result = check(cfg, impls, args.device, args.ref)
+            else:
+                result = worker(impls[0], cfg, args.device, args.repeats, args.ref)
+        except Exception as e:  # noqa: BLE001 - report the failure, keep the benchmark going
+            result = {"status": "error", "error": first_line(e)}
         print("RESULT " + json.dumps(result), flush=True)
         return
 
@@ -422,83 +551,45 @@ def main() -> None:
     if unknown or not configs:
         parser.error(f"unknown --impls {unknown}" if unknown else f"--configs {args.configs!r} matches none")
     missing = {impl: availability(impl) for impl in impls}
-    versions = {d: importlib.metadata.version(d) for d in ["torch", "mlkit"] + [IMPLS[i][2] for i in impls]
-                if d and not missing.get(d)}
+    versions = {d: version(d) for d in ["torch", "mlkit"] + [IMPLS[i][2] for i in impls] if d and not missing.get(d)}
     ext_note = torchopt_extension() if "torchopt" in impls and not missing["torchopt"] else ""
     sgemm = sgemm_gflops(args.device)
     print(f"sgemm 2048x2048: {sgemm:.1f} GFLOP/s ({args.threads} threads, {args.device})", file=sys.stderr)
+    meta = {"machine": machine(), "device": args.device, "threads": args.threads, "repeats": args.repeats,
+            "sgemm_gflops": sgemm, "versions": versions, "torchopt_extension": ext_note}
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in configs:
-            cfg, ref = CONFIGS[name], Path(tmp) / f"{name}.pt"
-            mlkit_ms = None
-            for impl in impls:
-                if missing[impl]:
-                    r = {"status": "not installed", "error": missing[impl]}
-                else:
-                    r = run_worker(impl, cfg, args, ref)
-                mlkit_ms = r.get("ms") if impl == "mlkit" else mlkit_ms
-                r.update(config=name, impl=impl, ratio=r["ms"] / mlkit_ms if r.get("ms") and mlkit_ms else None)
-                notes = [IMPLS[impl][3]]
-                if impl == "torchopt":
-                    notes = ["functional sgd, inner grads without create_graph" if cfg.first_order
-                             else "MetaSGD + extract/recover_state_dict, one backward"]
-                elif impl == "higher" and cfg.first_order:
-                    notes.append("FO: grad_callback detach (inner grads still built with create_graph)")
-                if r.get("flops"):
-                    r["gflops_per_s"] = r["flops"] / r["ms"] / 1e6
-                    notes.append(f"{r['flops'] / 1e9:.2f} GFLOP/iter, {r['gflops_per_s']:.1f} GFLOP/s "
-                                 f"({100 * r['gflops_per_s'] / sgemm:.0f}% of sgemm)")
-                r["notes"] = "; ".join(n for n in notes if n)
-                rows.append(r)
-                shown = f"{r['ms']:.1f} ms" if r.get("ms") else f"{r['status']} {r.get('error', '')}"
-                print(f"{name:10s} {impl:16s} {shown}", file=sys.stderr, flush=True)
-
-    def fmt(r):
-        if r["status"] == "ok":
-            status = f"{r['ms']:.1f}"
-        elif r["status"] == "MISMATCH":
-            status = "MISMATCH"
-        else:
-            status = f"{r['status']}: {r.get('error', '')}"
-        rss = f"{r['peak_rss_mb']:.0f} (base {r['baseline_rss_mb']:.0f})" if "peak_rss_mb" in r else "—"
-        return [r["config"], r["impl"], status, f"{r['ratio']:.2f}" if r["ratio"] else "—", rss,
-                f"{r['cuda_peak_mb']:.0f}" if "cuda_peak_mb" in r else "—",
-                f"{r['max_deviation']:.1e}" if "max_deviation" in r else "—", r["notes"]]
-
-    table = markdown_table(["config", "impl", "ms/iter (median)", "ratio to mlkit", "peak RSS MB",
-                            "CUDA peak MB", "max deviation", "notes"], [fmt(r) for r in rows])
-    flop_rows = [r for r in rows if r.get("flops")]
-    flop_check = "; ".join(f"{r['config']}: vmap {r['flops'] / 1e9:.3f} vs loop {r['flops_loop'] / 1e9:.3f} GFLOP"
-                           f"{'' if r['conv_backward_counted'] else ' (no conv backward)'}"
-                           for r in flop_rows if r["config"].startswith(("b", "c")))
-    caption = (
-        f"One MAML meta-training iteration (meta-loss over the meta-batch, backward, Adam step), median of "
-        f"{args.repeats} after {WARMUP} warm-up iterations, {args.device}, {args.threads} threads; each "
-        "(implementation, configuration) in a fresh process. Configurations: a = sinusoid MLP 1-40-40-1, 10 shots, "
-        "10 queries, meta-batch 25, α 0.01; b32 / b8 = Conv4 (64 strided filters, batch statistics) 5-way 1-shot, "
-        "15 queries per class, 28×28, meta-batch 32 / 8, α 0.4; c = 20-way 5-shot, 5 queries per class, meta-batch 4, "
-        "α 0.1; s1 / s5 inner steps, so / fo second / first order. Synthetic inputs (seed 0), identical for all; "
-        f"peers run the plain torch.nn twin of mlkit's model with its weights. Max deviation: of the meta-loss and "
-        f"the flattened meta-gradient from mlkit's on the first iteration, relative to mlkit's max |value|; "
-        f"above {TOLERANCE:g} the row is MISMATCH and not timed. Peak RSS: the process's peak (base: after imports, "
-        f"model and batch). sgemm (2048×2048 torch.mm): {sgemm:.1f} GFLOP/s. mlkit's FLOPs by "
-        f"torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions, forward and backward) on the vmapped "
-        f"step, checked against the task loop: {flop_check or 'n/a'}. "
-        + (f"{ext_note}. " if ext_note else "")
-        + "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
-        + f". Machine: {machine()}." + (" QUICK RUN." if args.quick else ""))
-    text = f"{table}\n\n{caption}\n"
-    print(text)
-    if args.quick:
-        return
-    stem = RESULTS / f"peers-{args.device}"
-    write_json(stem.with_suffix(".json"), {"machine": machine(), "device": args.device, "threads": args.threads,
-                                           "repeats": args.repeats, "sgemm_gflops": sgemm, "versions": versions,
-                                           "torchopt_extension": ext_note, "rows": rows})
-    write_atomic(stem.with_suffix(".md"), text)
-    plot(rows, stem.with_suffix(".png"), f"MAML meta-iteration, {args.device}: {machine()}")
+    rows, tmp = [], tempfile.TemporaryDirectory()
+    for name in configs:
+        cfg, mlkit_ms, ref = CONFIGS[name], None, Path(tmp.name) / f"{name}.pt"
+        installed = [impl for impl in impls if not missing[impl]]
+        checked = subprocess_result("check", installed, cfg, args, ref)
+        for impl in impls:
+            if missing[impl]:
+                r = {"status": "not installed", "error": missing[impl]}
+            else:
+                r = dict(checked.get(impl, checked))  # a failure of the whole check process applies to all
+                if r.get("status") is None and r["max_deviation"] > TOLERANCE:
+                    r["status"] = "MISMATCH"
+                if r.get("status") is None:
+                    r.update(subprocess_result("time", [impl], cfg, args, ref))
+            mlkit_ms = r.get("ms") if impl == "mlkit" else mlkit_ms
+            r.update(config=name, impl=impl, ratio=r["ms"] / mlkit_ms if r.get("ms") and mlkit_ms else None)
+            notes = [note(impl, cfg)]
+            if "fp32_error" in r:
+                notes.append(f"fp32 error {r['fp32_error']:.0e}")
+            if r.get("flops"):
+                r["gflops_per_s"] = r["flops"] / r["ms"] / 1e6
+                notes.append(f"{r['flops'] / 1e9:.2f} GFLOP/iter, {r['gflops_per_s']:.1f} GFLOP/s "
+                             f"({100 * r['gflops_per_s'] / sgemm:.0f}% of sgemm)")
+            r["notes"] = "; ".join(n for n in notes if n)
+            rows.append(r)
+            shown = f"{r['ms']:.1f} ms" if r.get("ms") else f"{r['status']} {r.get('error', '')}"
+            print(f"{name:10s} {impl:16s} {shown}", file=sys.stderr, flush=True)
+        if not args.quick:  # after every configuration, so that an interrupted run leaves what it measured
+            partial = len(rows) < len(configs) * len(impls)
+            save(rows, meta, report(rows, meta, args, partial), partial)
+    tmp.cleanup()
+    print(report(rows, meta, args, partial=False))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Interactive widgets for notebooks (ipywidgets): change a task or the adaptation and see the result."""
 from __future__ import annotations
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
@@ -10,11 +9,15 @@ from .plot import sine_adaptation
 from .tasks.sinusoid import Sinusoid
 
 
-def sine_explorer(algorithm: MAML, max_shots: int = 20, max_steps: int = 20) -> widgets.VBox:
+def sine_explorer(algorithm: MAML, max_shots: int = 20, max_steps: int = 20):
     """Sliders for the number of support points (shots), inner steps, inner learning rate and the task; every
     change re-adapts ``algorithm`` (trained on sinusoids) to the task and redraws it.
 
-    Returns the widget (display it, or let it be a cell's last value)."""
+    Returns the widget (display it, or let it be a cell's last value). Needs ``ipywidgets``."""
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        raise ImportError("mlkit.widgets needs ipywidgets: pip install 'mlkit[widgets]' (or ipywidgets>=8)") from None
     shots = widgets.IntSlider(value=5, min=1, max=max_shots, description="shots")
     steps = widgets.IntSlider(value=1, min=0, max=max_steps, description="inner steps")
     inner_lr = widgets.FloatLogSlider(value=0.01, base=10, min=-3, max=-0.5, step=0.1, description="inner lr",
