@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 export MLKIT_DATA ?= $(abspath ../shared/data)
+# Notebooks draw with the inline backend; an inherited MPLBACKEND (e.g. Agg) would drop their figures.
+unexport MPLBACKEND
 
 .PHONY: setup book test clean
 
