@@ -1,0 +1,255 @@
+"""The built book in a real browser: every page of `_build/html` opened in headless Chromium.
+
+For each page: nothing it asks of the local server fails, nothing is fetched from the internet
+(CI has none; MathJax, require.js and the ipywidgets embedder are served from `_static`), no
+JavaScript error, all math typeset by MathJax, every image loaded, and the saved ipywidgets
+rendered. A full-page screenshot of each page goes to `_build/html/_screenshots/<page>.png`.
+
+Needs `make book` first, Debian's `chromium` (or BOOK_CHROMIUM=/path/to/chromium) and the
+`playwright` Python package (no browser download: it drives the system Chromium). Skipped,
+with the reason, when one of them is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = Path(os.environ.get("BOOK_HTML") or ROOT / "_build" / "html")  # BOOK_HTML: check another build
+SHOTS = HTML / "_screenshots"
+CHROMIUM = os.environ.get("BOOK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SKIP_PARTS = {"_static", "_sources", "_images", "_screenshots"}
+SKIP_PAGES = {"genindex.html", "search.html"}
+# The chapter whose widget must show its controls, with the slider labels it must show.
+WIDGET_PAGE = "book/05_practice.html"
+WIDGET_LABELS = ["shots", "inner steps"]
+TIMEOUT_MS = 60_000
+# Errors the browser reports on every page that come from the toolchain, not from the book: matched
+# against the message, listed with why. Anything else fails the test.
+KNOWN_ERRORS = {
+    # sphinx-thebe 0.3.1 (Jupyter Book 1.x) writes its inline `const THEBE_JS_URL = ...` config script
+    # twice into every page (Sphinx registers it on the builder and in its registry); the second copy
+    # throws and changes nothing (it only repeats the first). Same for togglebutton's `var`, silently.
+    r"Identifier 'THEBE_JS_URL' has already been declared":
+        "sphinx-thebe adds its inline config twice",
+    # pydata-sphinx-theme logs this with console.error on a first visit (no saved light/dark choice).
+    r"Got invalid theme mode: \. Resetting to auto\.": "pydata-sphinx-theme, first visit",
+}
+
+if not HTML.is_dir():
+    pytest.skip(f"{HTML} does not exist: run `make book` first", allow_module_level=True)
+if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+    pytest.skip(
+        f"no Chromium at {CHROMIUM} (apt-get install chromium, or set BOOK_CHROMIUM)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright Python package is not installed (pip install playwright)"
+)
+
+
+def built_pages() -> list[str]:
+    pages = []
+    for path in sorted(HTML.rglob("*.html")):
+        rel = path.relative_to(HTML)
+        if rel.name in SKIP_PAGES or SKIP_PARTS.intersection(rel.parts):
+            continue
+        pages.append(rel.as_posix())
+    return pages
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# Text nodes outside code, scripts and typeset math that still hold TeX delimiters.
+_RAW_TEX_JS = r"""
+() => {
+  const skip = 'pre, code, script, style, textarea, mjx-container, .highlight';
+  const found = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const t = n.nodeValue;
+    if (!/\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{/.test(t)) continue;
+    if (n.parentElement && n.parentElement.closest(skip)) continue;
+    found.push(t.trim().slice(0, 120));
+  }
+  return found;
+}
+"""
+
+_WAIT_MATHJAX_JS = """
+async () => {
+  const mj = window.MathJax;
+  if (!mj || !mj.startup || !mj.startup.promise) return false;
+  await mj.startup.promise;
+  if (mj.typesetPromise) await mj.typesetPromise();
+  return true;
+}
+"""
+
+_WAIT_IMAGES_JS = """
+async () => {
+  const imgs = [...document.images];
+  imgs.forEach(img => { img.loading = 'eager'; });
+  await Promise.all(imgs.map(img => img.complete ? null :
+      new Promise(r => { img.addEventListener('load', r); img.addEventListener('error', r); })));
+  return imgs.filter(img => !(img.complete && img.naturalWidth > 0))
+             .map(img => img.getAttribute('src'));
+}
+"""
+
+
+@pytest.mark.parametrize("page_path", built_pages())
+def test_page_renders(page_path, base_url, browser):
+    html = (HTML / page_path).read_text(encoding="utf-8")
+    redirect = re.search(r'<meta http-equiv="refresh" content="\d+;\s*url=([^"]+)"', html, re.I)
+    if redirect:  # e.g. the index.html that Jupyter Book writes: only check that its target exists
+        target = (HTML / page_path).parent / redirect.group(1).split("#")[0]
+        assert target.is_file(), f"{page_path} redirects to a missing page {redirect.group(1)}"
+        return
+
+    problems: list[str] = []
+
+    def report(message: str) -> None:
+        if not any(re.search(pattern, message) for pattern in KNOWN_ERRORS):
+            problems.append(message)
+    external: list[str] = []
+    local = urlsplit(base_url).netloc
+
+    def is_local(url: str) -> bool:
+        return urlsplit(url).netloc == local
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+
+    # The CI machine is offline: refuse every request that does not go to the local server.
+    def route(route):
+        if is_local(route.request.url):
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on(
+        "requestfailed",
+        lambda r: is_local(r.url) and problems.append(f"request failed: {r.url} ({r.failure})"),
+    )
+    page.on(
+        "response",
+        lambda r: is_local(r.url) and r.status >= 400 and problems.append(f"HTTP {r.status}: {r.url}"),
+    )
+    page.on("pageerror", lambda e: report(f"JavaScript error: {e}"))
+
+    def on_console(msg):
+        if msg.type != "error":
+            return
+        where = (msg.location or {}).get("url", "")
+        if not where or is_local(where):
+            report(f"console error ({where or 'inline'}): {msg.text}")
+
+    page.on("console", on_console)
+
+    try:
+        response = page.goto(base_url + page_path, wait_until="load")
+        assert response is not None and response.ok, f"could not load {page_path}"
+
+        # Math: MathJax finished, nothing left as raw TeX, every math element typeset, no TeX errors.
+        n_math = page.locator("span.math, div.math").count()
+        mathjax = page.evaluate(_WAIT_MATHJAX_JS)
+        if n_math:
+            if not mathjax:
+                problems.append(f"{n_math} math elements but MathJax did not start")
+            else:
+                untypeset = page.locator("span.math:not(:has(mjx-container)), div.math:not(:has(mjx-container))")
+                if untypeset.count():
+                    problems.append(
+                        f"{untypeset.count()} of {n_math} math elements not typeset, "
+                        f"first: {untypeset.first.inner_text()[:120]!r}"
+                    )
+                if page.locator("mjx-container").count() == 0:
+                    problems.append("no mjx-container on a page with math")
+            merrors = page.locator("mjx-merror")
+            if merrors.count():
+                problems.append(f"{merrors.count()} TeX errors, first: {merrors.first.get_attribute('data-mjx-error')}")
+        raw = page.evaluate(_RAW_TEX_JS)
+        if raw:
+            problems.append(f"raw TeX left in the text: {raw[:3]}")
+
+        # Images.
+        broken = page.evaluate(_WAIT_IMAGES_JS)
+        if broken:
+            problems.append(f"images not loaded: {broken}")
+
+        # Widgets: every page with saved widget state renders its views.
+        n_views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
+        if n_views:
+            try:
+                page.locator(".jupyter-widgets").first.wait_for(state="visible", timeout=TIMEOUT_MS)
+            except sync_api.TimeoutError:
+                problems.append(f"{n_views} widget views but no .jupyter-widgets element became visible")
+        if page_path == WIDGET_PAGE:
+            assert n_views, f"{page_path} has no widget-view output: was the widget state saved?"
+            for label in WIDGET_LABELS:
+                slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text=label))
+                try:
+                    slider.first.wait_for(state="visible", timeout=TIMEOUT_MS)
+                except sync_api.TimeoutError:
+                    problems.append(f"slider {label!r} not visible")
+
+        page.wait_for_load_state("networkidle")
+        shot = SHOTS / Path(page_path).with_suffix(".png")
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+    finally:
+        context.close()
+
+    if external:
+        problems.append(f"requests to the internet (refused; CI is offline): {sorted(set(external))}")
+    assert not problems, f"{page_path}:\n  " + "\n  ".join(problems)
