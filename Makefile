@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-export MLKIT_DATA ?= $(abspath ../shared/data)
+# Datasets: $MLKIT_DATA, else ../shared/data where it exists, else mlkit's per-user folder (~/.local/share/mlkit).
+export MLKIT_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 # Notebooks draw with the inline backend; an inherited MPLBACKEND (e.g. Agg) would drop their figures.
 unexport MPLBACKEND
 

@@ -47,6 +47,7 @@ from common import RESULTS, machine, markdown_table, write_atomic, write_json  #
 from mlkit.tasks import TaskBatch  # noqa: E402
 
 SEED, TOLERANCE, META_LR, WARMUP = 0, 1e-4, 1e-3, 2
+CONTENDED = 0.25  # cores used by other processes while a row was timed, above which it is marked CONTENDED
 LOSSES = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
 
 
@@ -259,6 +260,29 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds used by every process on the machine, by this one), to see whether others ran meanwhile."""
+    try:
+        ticks = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        machine_total = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+    except (OSError, ValueError, IndexError):
+        machine_total = float("nan")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return machine_total, own.ru_utime + own.ru_stime
+
+
+def wait_quiet(max_seconds: float) -> float:
+    """Wait (at most ``max_seconds``) until other processes use under a quarter of a core; return their last use."""
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        (machine0, own0), start = cpu_seconds(), time.perf_counter()
+        time.sleep(3)
+        (machine1, own1) = cpu_seconds()
+        busy = ((machine1 - machine0) - (own1 - own0)) / (time.perf_counter() - start)
+        if not busy > CONTENDED or time.perf_counter() > deadline:  # nan (no /proc/stat) counts as quiet
+            return busy
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -345,15 +369,16 @@ def worker(impl: str, cfg: Config, device: str, repeats: int, ref_path: Path) ->
     out["fp32_error"] = deviation(loss, flat_grad(net), torch.load(ref_path))
     for _ in range(WARMUP - 1):
         iteration()
-    times = []
+    times, (machine0, own0), wall0 = [], cpu_seconds(), time.perf_counter()
     for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
         iteration()
         sync(device)
         times.append(time.perf_counter() - start)
+    (machine1, own1), wall = cpu_seconds(), time.perf_counter() - wall0
     out.update(status="ok", ms=1000 * statistics.median(times), ms_all=[1000 * t for t in times],
-               peak_rss_mb=rss_mb())
+               peak_rss_mb=rss_mb(), other_load=((machine1 - machine0) - (own1 - own0)) / wall)
     if device == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if impl == "mlkit":  # FLOPs of one meta-step, vmapped (as timed) and looped over tasks (the check)
@@ -413,6 +438,18 @@ def subprocess_result(mode: str, impls: list[str], cfg: Config, args, ref: Path)
     return {"status": "error", "error": f"exit code {proc.returncode}: {lines[-1][:200]}"}
 
 
+def timed_row(impl: str, cfg: Config, args, ref: Path) -> dict:
+    """The timing subprocess; with --wait-quiet, on a quiet machine, and again when others ran meanwhile."""
+    attempts = 1 + (args.retries if args.wait_quiet else 0)
+    for attempt in range(attempts):
+        if args.wait_quiet:
+            wait_quiet(args.wait_quiet)
+        timed = {**subprocess_result("time", [impl], cfg, args, ref), "attempts": attempt + 1}
+        if not timed.get("other_load", 0) > CONTENDED or attempt == attempts - 1:
+            return timed
+        print(f"{cfg.name:10s} {impl:16s} contended ({timed['other_load']:.1f} cores): again", file=sys.stderr)
+
+
 def sgemm_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     times = []
@@ -430,6 +467,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     configs = list(dict.fromkeys(r["config"] for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     width = 0.8 / len(impls)
@@ -439,6 +477,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         xs = [j + (i - (len(impls) - 1) / 2) * width for j, c in enumerate(configs) if c in ms]
         ax.bar(xs, [ms[c] for c in configs if c in ms], width, label=impl)
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xticks(range(len(configs)), configs, rotation=45, ha="right")
     ax.set_ylabel("ms per meta-iteration (median)")
     ax.set_title(title, fontsize=9)
@@ -448,6 +489,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".png", delete=False) as f:
         fig.savefig(f.name, dpi=120)
+    os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it 0600
     os.replace(f.name, path)
     plt.close(fig)
 
@@ -484,7 +526,8 @@ def report(rows: list[dict], meta: dict, args, partial: bool) -> str:
         f"above {TOLERANCE:g} the row is MISMATCH and not timed. The check runs in float64 because in float32 every "
         "implementation, mlkit included, is off the exact value by up to ~1e-3 on the Conv4 configurations (batch "
         "norm over 5 images, α 0.4): 'fp32 error' is that float32 error, each timed run's precision. Peak RSS: the "
-        "process's peak (base: after imports, model and batch). sgemm (2048×2048 torch.mm): "
+        "process's peak (base: after imports, model and batch). CONTENDED: other processes used more than a quarter "
+        "of a core (by /proc/stat) while the row was timed. sgemm (2048×2048 torch.mm): "
         f"{meta['sgemm_gflops']:.1f} GFLOP/s. mlkit's FLOPs per iteration, by torch.utils.flop_counter."
         "FlopCounterMode (matmuls and convolutions, forward and backward) on the vmapped step as timed, with a "
         "convolution_backward formula "
@@ -521,6 +564,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 timed iterations, print only")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (all cores)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per (implementation, configuration)")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="on a shared machine: before each timing, wait up to SECONDS for other processes to "
+                             "go idle, and time a row again (--retries times) if they ran meanwhile")
+    parser.add_argument("--retries", type=int, default=2, help="with --wait-quiet (default 2)")
     parser.add_argument("--worker", choices=["check", "time"], help=argparse.SUPPRESS)
     parser.add_argument("--ref", type=Path, help=argparse.SUPPRESS)  # the float64 reference, for the workers
     args = parser.parse_args()
@@ -571,12 +618,14 @@ def main() -> None:
                 if r.get("status") is None and r["max_deviation"] > TOLERANCE:
                     r["status"] = "MISMATCH"
                 if r.get("status") is None:
-                    r.update(subprocess_result("time", [impl], cfg, args, ref))
+                    r.update(timed_row(impl, cfg, args, ref))
             mlkit_ms = r.get("ms") if impl == "mlkit" else mlkit_ms
             r.update(config=name, impl=impl, ratio=r["ms"] / mlkit_ms if r.get("ms") and mlkit_ms else None)
             notes = [note(impl, cfg)]
             if "fp32_error" in r:
                 notes.append(f"fp32 error {r['fp32_error']:.0e}")
+            if r.get("other_load", 0) > CONTENDED:
+                notes.append(f"CONTENDED: other processes used {r['other_load']:.1f} cores while it was timed")
             if r.get("flops"):
                 r["gflops_per_s"] = r["flops"] / r["ms"] / 1e6
                 notes.append(f"{r['flops'] / 1e9:.2f} GFLOP/iter, {r['gflops_per_s']:.1f} GFLOP/s "
