@@ -29,12 +29,12 @@ pip install --quiet --upgrade pip
 pip install --quiet torch==2.14.1 torchvision==0.29.1
 
 # mlkit from this checkout, on the same torch as the peers: its dependencies as pyproject.toml lists them,
-# torch left out (pinned above), and ipywidgets, which mlkit/__init__ imports (mlkit.widgets).
+# torch left out (pinned above).
 pip install --quiet --no-deps -e "$ROOT"
 deps="$("$PY" -c "import tomllib; print(' '.join(d for d in tomllib.load(open('$ROOT/pyproject.toml', 'rb'))
                                         ['project']['dependencies'] if not d.startswith('torch')))")"
 read -r -a deps <<< "$deps"
-pip install --quiet "${deps[@]}" ipywidgets
+pip install --quiet "${deps[@]}"
 
 failed=()
 # install_peer NAME COMMAND...: run COMMAND; on failure record its last line as the reason and carry on.
