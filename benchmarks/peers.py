@@ -135,7 +135,7 @@ def make_mlkit(net, cfg):
 
 
 def step_mlkit(s, batch, inner_lr, steps, first_order):
-    loss = s.own.meta_loss(batch, steps=steps)  # vmap over the tasks
+    loss = s.own.meta_loss(batch, steps=steps)  # all tasks at once
     loss.backward()
     return loss
 
@@ -247,7 +247,8 @@ IMPLS = {  # name: (make, step, distribution to import or None)
 
 def note(impl: str, cfg: Config) -> str:
     fo = cfg.first_order
-    return {"mlkit": "vmap over tasks, mlkit BatchNorm",
+    return {"mlkit": "all tasks at once: vmapped forward, one autograd.grad for every task's inner step"
+                     + ("" if cfg.model == "mlp" else "; on the CPU, task by task above 16 images per task"),
             "torch.func loop": "per-task loop, functional_call + torch.func.grad, per-task backward",
             "learn2learn": "MAML.clone()/adapt(), per-task backward",
             "higher": "innerloop_ctx per task, per-task backward" + (
@@ -533,7 +534,7 @@ def report(rows: list[dict], meta: dict, args, partial: bool) -> str:
            f"{meta['retries']} times when others ran meanwhile)" if meta.get("wait_quiet_s") else "")
         + ". sgemm (2048×2048 torch.mm): "
         f"{meta['sgemm_gflops']:.1f} GFLOP/s. mlkit's FLOPs per iteration, by torch.utils.flop_counter."
-        "FlopCounterMode (matmuls and convolutions, forward and backward) on the vmapped step as timed, with a "
+        "FlopCounterMode (matmuls and convolutions, forward and backward) on the batched step as timed, with a "
         "convolution_backward formula "
         "that counts groups (the stock one counts a grouped convolution's weight gradient once per group, and vmap "
         "makes the per-task weights one convolution grouped by task), against the same step looped over tasks and "

@@ -1,8 +1,11 @@
 """The functional core shared by every algorithm.
 
 Parameters are a dict ``name -> tensor``. One pure per-task function adapts them on a task's support
-set and scores the result on its query set; ``torch.func.vmap`` maps it over the task dimension of a
-:class:`~mlkit.tasks.TaskBatch`, and a plain Python loop runs the same function as the reference path.
+set and scores the result on its query set; a plain Python loop over tasks runs it as the reference path.
+The batched path (:func:`adapt_tasks`, :func:`task_losses`) computes the same numbers for every task at
+once: ``torch.func.vmap`` maps the per-task loss over the task dimension, and the inner gradients of all
+tasks come from one ``torch.autograd.grad`` call, so every transform stays outside the derivative and
+second-order gradients are exact for any layer ``vmap`` can run forward (``torch.nn`` batch norm included).
 """
 from __future__ import annotations
 
@@ -83,6 +86,60 @@ def query_predictions(forward: Forward, loss_fn: LossFn, params: Params, lr: Lea
     """Predictions on one task's query inputs after adapting on its support set."""
     adapted = adapt(forward, loss_fn, params, support_x, support_y, lr, steps, first_order=True)
     return forward(adapted, query_x)
+
+
+def task_losses(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor,
+                vectorize: bool = True) -> Tensor:
+    """The loss of every task, each under its own parameters.
+
+    Args:
+        params: ``name -> [tasks, *shape]``, one parameter set per task.
+        x: ``[tasks, n, *in]``; y: ``[tasks, n, *out]``.
+        vectorize: ``vmap`` over tasks (one kernel per layer for all tasks); ``False`` runs task by task,
+            which is faster for convolutions on the CPU, where a grouped convolution is slower than a loop.
+
+    Returns:
+        ``[tasks]``, differentiable with respect to ``params``.
+    """
+    def one(p: Params, xt: Tensor, yt: Tensor) -> Tensor:
+        return loss_fn(forward(p, xt), yt)
+
+    if vectorize:
+        return torch.func.vmap(one)(params, x, y)
+    per_task = zip(*(p.unbind(0) for p in params.values()))  # unbind: one backward node, not one per task
+    return torch.stack([one(dict(zip(params, ps)), xt, yt) for ps, xt, yt in zip(per_task, x, y)])
+
+
+def adapt_tasks(forward: Forward, loss_fn: LossFn, params: Params, support_x: Tensor, support_y: Tensor,
+                lr: LearningRate, steps: int, first_order: bool = False, vectorize: bool = True) -> Params:
+    """:func:`adapt` for a batch of tasks at once: the same inner loop, batched over the task dimension.
+
+    Args:
+        params: θ, ``name -> tensor`` shared by all tasks.
+        support_x: ``[tasks, ways*shots, *in]``; support_y: ``[tasks, ways*shots, *out]``.
+        lr, steps, first_order: as :func:`adapt`. vectorize: as :func:`task_losses`.
+
+    Returns:
+        ``name -> [tasks, *shape]``: each task's θ' (Finn et al., 2017, Eq. 1). Differentiable with respect
+        to ``params`` and ``lr`` when gradients are enabled and they require grad; otherwise detached (the
+        evaluation path).
+    """
+    tasks = support_x.shape[0]
+    track = torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
+    params = {name: (p if track else p.detach()).expand(tasks, *p.shape) for name, p in params.items()}
+    with torch.enable_grad():
+        for _ in range(steps):
+            params = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
+            # Tasks are independent, so the gradient of the summed loss is each task's own gradient.
+            losses = task_losses(forward, loss_fn, params, support_x, support_y, vectorize)
+            grads = torch.autograd.grad(losses.sum(), list(params.values()), create_graph=track and not first_order)
+            if isinstance(lr, Mapping):
+                params = {name: p - lr[name] * g for (name, p), g in zip(params.items(), grads)}
+            else:
+                params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+            if not track:
+                params = {name: p.detach() for name, p in params.items()}
+    return params
 
 
 def map_tasks(per_task: Callable[..., Tensor], *tensors: Tensor, batched: bool = True) -> Tensor:

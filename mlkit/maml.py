@@ -10,15 +10,21 @@ from . import core
 from .tasks import TaskBatch
 
 
+CPU_CONV_VMAP_MAX_ELEMENTS = 16 * 28 * 28
+
+
 class MAML(nn.Module):
-    """Model-Agnostic Meta-Learning, second or first order, batched over tasks with ``vmap``.
+    """Model-Agnostic Meta-Learning, second or first order, batched over tasks.
 
     Args:
         model: any ``nn.Module`` whose buffers need no update during adaptation. Its parameters are θ.
         loss: ``"mse"``, ``"cross_entropy"`` or a callable ``(pred, target) -> scalar``.
         inner_lr: the inner step size α. inner_steps: gradient steps on the support set.
         first_order: drop the second-order term (FOMAML).
-        batched: map the per-task function with ``vmap`` (fast); ``False`` loops over tasks.
+        batched: adapt all tasks at once (:func:`mlkit.core.adapt_tasks`, fast); ``False`` runs the per-task
+            reference loop. Both give the same numbers (tested). On the CPU, a model with convolutions runs
+            support or query sets of more than ~16 small images task by task inside the batched path, because
+            there a convolution grouped by task is slower than one per task.
 
     ``maml.parameters()`` is what the outer optimiser trains. Reference: Finn, Abbeel & Levine,
     "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
@@ -30,7 +36,7 @@ class MAML(nn.Module):
         core.check_inner(inner_lr, inner_steps)
         self.loss_fn = core.resolve_loss(loss)
         self.loss = loss
-        _check_model(model, batched)
+        _check_model(model)
         self.model = model
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
@@ -55,6 +61,14 @@ class MAML(nn.Module):
         return core.query_loss(self.functional_forward, self.loss_fn, self.params(), self.learning_rates(),
                                steps, self.first_order, support_x, support_y, query_x, query_y)
 
+    def task_losses(self, batch: TaskBatch, steps: int) -> Tensor:
+        """The batched per-task objective: ``[tasks]`` query losses after ``steps`` inner steps on every task."""
+        adapted = core.adapt_tasks(self.functional_forward, self.loss_fn, self.params(), batch.support_x,
+                                   batch.support_y, self.learning_rates(), steps, self.first_order,
+                                   self._vectorize(batch.support_x))
+        return core.task_losses(self.functional_forward, self.loss_fn, adapted, batch.query_x, batch.query_y,
+                                self._vectorize(batch.query_x))
+
     # The public API ------------------------------------------------------------------------------------
     def functional_forward(self, params: core.Params, x: Tensor) -> Tensor:
         """The model evaluated with ``params`` (and its own buffers) on ``x: [n, *in]``."""
@@ -71,10 +85,11 @@ class MAML(nn.Module):
             A scalar, differentiable with respect to ``self.parameters()``.
         """
         steps = self._steps(steps)
+        if self.batched if batched is None else batched:
+            return self.task_losses(batch, steps).mean()
         per_task = functools.partial(self.task_loss, steps)
-        losses = core.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-                                batched=self.batched if batched is None else batched)
-        return losses.mean()
+        return core.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+                              batched=False).mean()
 
     def forward(self, batch: TaskBatch) -> Tensor:
         return self.meta_loss(batch)
@@ -97,9 +112,28 @@ class MAML(nn.Module):
 
     def query_predictions(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Query predictions ``[tasks, n_query, *out]`` after adapting on each support set (no meta-graph)."""
-        per_task = functools.partial(core.query_predictions, self.functional_forward, self.loss_fn,
-                                     self.params(), self.learning_rates(), self._steps(steps))
-        return core.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x, batched=self.batched)
+        steps = self._steps(steps)
+        if not self.batched:
+            per_task = functools.partial(core.query_predictions, self.functional_forward, self.loss_fn,
+                                         self.params(), self.learning_rates(), steps)
+            return core.map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x, batched=False)
+        with torch.no_grad():
+            adapted = core.adapt_tasks(self.functional_forward, self.loss_fn, self.params(), batch.support_x,
+                                       batch.support_y, self.learning_rates(), steps, True,
+                                       self._vectorize(batch.support_x))
+            if self._vectorize(batch.query_x):
+                return torch.func.vmap(self.functional_forward)(adapted, batch.query_x)
+            per_task = zip(*(p.unbind(0) for p in adapted.values()))
+            return torch.stack([self.functional_forward(dict(zip(adapted, ps)), x)
+                                for ps, x in zip(per_task, batch.query_x)])
+
+    def _vectorize(self, x: Tensor) -> bool:
+        """vmap over tasks, or run them one by one? (Same numbers; only the speed differs.)"""
+        if x.device.type != "cpu" or not any(isinstance(m, nn.modules.conv._ConvNd) for m in self.model.modules()):
+            return True
+        # On the CPU a convolution grouped by task is slower than one per task unless each task's batch is
+        # small, where vmap saves the per-call overhead: the crossover measured on Conv4 is ~16 28x28 images.
+        return x[0].numel() < CPU_CONV_VMAP_MAX_ELEMENTS
 
     def _steps(self, steps: int | None) -> int:
         if steps is None:
@@ -108,7 +142,7 @@ class MAML(nn.Module):
         return steps
 
 
-def _check_model(model: nn.Module, batched: bool) -> None:
+def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for name, module in model.named_modules():
@@ -117,7 +151,3 @@ def _check_model(model: nn.Module, batched: bool) -> None:
                 raise ValueError(f"{name or 'model'} is a batch norm with running statistics, which adaptation "
                                  "cannot update functionally; use mlkit.models.BatchNorm (batch statistics), e.g. "
                                  "mlkit.models.replace_batchnorm(model)")
-            if batched:
-                raise ValueError(f"{name or 'model'} is a torch.nn batch norm, whose second-order meta-gradient is "
-                                 "wrong under vmap (pytorch/functorch#534); call mlkit.models.replace_batchnorm(model) "
-                                 "for an exact one, or pass batched=False")

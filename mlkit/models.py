@@ -1,7 +1,8 @@
-"""Models for meta-learning: an MLP, the Conv4 backbone, and a batch norm that is exact under ``vmap``."""
+"""Models for meta-learning: an MLP, the Conv4 backbone, and a batch norm on batch statistics."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -35,12 +36,12 @@ class MLP(nn.Sequential):
 
 
 class BatchNorm(nn.Module):
-    """Batch normalisation over batch statistics, written from ``mean``/``var`` so that its
-    second-order gradients are exact under ``torch.func.vmap``.
+    """Batch normalisation on the batch's own statistics, with no running averages: adaptation needs no
+    buffer updates, and each task is normalised by its own support or query set.
 
-    ``torch.nn.BatchNorm2d(track_running_stats=False)`` computes a wrong second-order meta-gradient
-    when vmapped over tasks (pytorch/functorch#534); this module has the same parameters
-    (``weight``, ``bias``) and normalises over every dimension but the channel (dim 1) of ``[N, C, *]``.
+    The same computation as ``torch.nn.BatchNorm2d(track_running_stats=False)`` (its fused kernel, whose
+    second-order gradient is exact in mlkit's batched path), with parameters ``weight`` and ``bias``;
+    it normalises over every dimension but the channel (dim 1) of ``[N, C, *]``.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5):
@@ -50,17 +51,12 @@ class BatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        dims = [d for d in range(x.dim()) if d != 1]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        centered = x - x.mean(dims, keepdim=True)
-        var = (centered * centered).mean(dims, keepdim=True)
-        scale = torch.rsqrt(var + self.eps) * self.weight.view(shape)  # [1, C, 1...]: cheap
-        return torch.addcmul(self.bias.view(shape), centered, scale)
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
 
 
 def replace_batchnorm(model: nn.Module) -> nn.Module:
     """Swap every ``torch.nn`` batch norm in ``model`` (in place) for :class:`BatchNorm`, keeping its
-    affine parameters. Returns ``model``."""
+    affine parameters and dropping running statistics, which adaptation cannot update. Returns ``model``."""
     for name, child in model.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             exact = BatchNorm(child.num_features, child.eps)

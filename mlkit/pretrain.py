@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import core
 from .maml import MAML
+from .tasks import TaskBatch
 
 
 class JointTraining(MAML):
@@ -16,3 +18,7 @@ class JointTraining(MAML):
         x = torch.cat([support_x, query_x])
         y = torch.cat([support_y, query_y])
         return self.loss_fn(self.functional_forward(self.params(), x), y)
+
+    def task_losses(self, batch: TaskBatch, steps: int) -> Tensor:
+        return core.map_tasks(lambda *task: self.task_loss(steps, *task), batch.support_x, batch.support_y,
+                              batch.query_x, batch.query_y)

@@ -112,13 +112,22 @@ def test_vmap_equals_loop_on_mlp(float64, name, first_order):
                                rtol=1e-5, atol=1e-5)
 
 
+BATCHNORMS = {"mlkit": mlkit.models.BatchNorm, "torch": lambda c: nn.BatchNorm2d(c, track_running_stats=False)}
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
-def test_vmap_equals_loop_on_convnet_with_batchnorm_second_order(float64, name):
-    algo = ALGORITHMS[name](tiny_convnet(mlkit.models.BatchNorm), loss="cross_entropy", inner_lr=0.5, inner_steps=2)
+@pytest.mark.parametrize("bn", BATCHNORMS)
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("cpu_vmap", ["vmap", "task by task"])
+def test_batched_equals_loop_on_convnet_with_batchnorm(float64, name, bn, first_order, cpu_vmap, monkeypatch):
+    monkeypatch.setattr(mlkit.maml, "CPU_CONV_VMAP_MAX_ELEMENTS", 10**9 if cpu_vmap == "vmap" else 0)
+    algo = ALGORITHMS[name](tiny_convnet(BATCHNORMS[bn]), loss="cross_entropy", inner_lr=0.5, inner_steps=2,
+                            first_order=first_order)
     batch = image_tasks()
     batched, looped = algo.meta_loss(batch, batched=True), algo.meta_loss(batch, batched=False)
+    torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(flat_grad(batched, algo.parameters()), flat_grad(looped, algo.parameters()),
-                               rtol=1e-5, atol=1e-5)
+                               rtol=1e-10, atol=1e-10)
 
 
 def test_convnet_with_batchnorm_meta_gradient_matches_finite_differences(float64):
@@ -134,22 +143,27 @@ def test_convnet_with_batchnorm_meta_gradient_matches_finite_differences(float64
     assert grad[params[0].numel():params[0].numel() + 4].abs().max() < 1e-12
 
 
-def test_torch_batchnorm_is_refused_under_vmap_and_allowed_in_the_loop():
-    with pytest.raises(ValueError, match="replace_batchnorm"):
-        mlkit.MAML(tiny_convnet(lambda c: nn.BatchNorm2d(c, track_running_stats=False)))
-    mlkit.MAML(tiny_convnet(lambda c: nn.BatchNorm2d(c, track_running_stats=False)), batched=False)
+def test_batchnorm_with_running_statistics_is_refused():
     with pytest.raises(ValueError, match="running statistics"):
+        mlkit.MAML(tiny_convnet(nn.BatchNorm2d))
+    with pytest.raises(ValueError, match="replace_batchnorm"):
         mlkit.MAML(tiny_convnet(nn.BatchNorm2d), batched=False)
+    mlkit.MAML(mlkit.models.replace_batchnorm(tiny_convnet(nn.BatchNorm2d)))
 
 
-def test_replaced_batchnorm_gives_the_loop_gradient_of_torch_batchnorm(float64):
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("bn", BATCHNORMS)
+@pytest.mark.parametrize("cpu_vmap", ["vmap", "task by task"])
+def test_batched_query_predictions_equal_the_loop(float64, name, bn, cpu_vmap, monkeypatch):
+    monkeypatch.setattr(mlkit.maml, "CPU_CONV_VMAP_MAX_ELEMENTS", 10**9 if cpu_vmap == "vmap" else 0)
     batch = image_tasks()
-    reference = mlkit.MAML(tiny_convnet(lambda c: nn.BatchNorm2d(c, track_running_stats=False)),
-                           loss="cross_entropy", inner_lr=0.5, batched=False)
-    replaced = mlkit.MAML(mlkit.models.replace_batchnorm(tiny_convnet(lambda c: nn.BatchNorm2d(c, track_running_stats=False))),
-                          loss="cross_entropy", inner_lr=0.5)
-    torch.testing.assert_close(flat_grad(replaced.meta_loss(batch), replaced.parameters()),
-                               flat_grad(reference.meta_loss(batch), reference.parameters()))
+    algo = ALGORITHMS[name](tiny_convnet(BATCHNORMS[bn]), loss="cross_entropy", inner_lr=0.5, inner_steps=3)
+    looped = ALGORITHMS[name](tiny_convnet(BATCHNORMS[bn]), loss="cross_entropy", inner_lr=0.5, inner_steps=3,
+                              batched=False)
+    looped.load_state_dict(algo.state_dict())
+    batched = algo.query_predictions(batch)
+    assert batched.shape == (4, 4, 3) and not batched.requires_grad
+    torch.testing.assert_close(batched, looped.query_predictions(batch).detach(), rtol=1e-10, atol=1e-10)
 
 
 def test_adapt_and_predict_shapes():
