@@ -20,11 +20,17 @@ def test_auto_device_is_cuda():
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-def test_cuda_meta_gradient_equals_cpu_and_loop(first_order):
+@pytest.mark.parametrize("bn", ["mlkit", "torch"])
+def test_cuda_meta_gradient_equals_cpu_and_loop(first_order, bn):
     grads = {}
     for device, batched in (("cpu", True), ("cuda", True), ("cuda", False)):
         torch.manual_seed(0)
-        model = mlkit.models.Conv4(1, 5, filters=16).double().to(device)
+        model = mlkit.models.Conv4(1, 5, filters=16)
+        if bn == "torch":  # the same parameters in torch.nn.BatchNorm2d on batch statistics
+            for i, layer in enumerate(model.features):
+                if isinstance(layer, mlkit.models.BatchNorm):
+                    model.features[i] = torch.nn.BatchNorm2d(16, track_running_stats=False)
+        model = model.double().to(device)
         maml = mlkit.MAML(model, loss="cross_entropy", inner_lr=0.4, inner_steps=2, first_order=first_order)
         grads[device, batched] = flat_grad(maml.meta_loss(conv_tasks(device), batched=batched), maml.parameters()).cpu()
     torch.testing.assert_close(grads["cuda", True], grads["cpu", True], rtol=1e-6, atol=1e-8)
@@ -38,5 +44,5 @@ def test_fit_and_evaluate_on_cuda(algorithm, tmp_path):
     family = mlkit.tasks.Sinusoid()
     history = mlkit.fit(algo, family, iterations=300, device="cuda", checkpoint=tmp_path / "run.pt", progress=False)
     assert next(algo.parameters()).device.type == "cuda" and history.loss[-1] < history.loss[0]
-    mse, ci = mlkit.evaluate(algo, family, tasks=200, steps=5)
+    mse, ci = mlkit.evaluate(algo, family, tasks=200)  # at the trained inner steps: learned rates are tuned for them
     assert mse < 3.0 and ci > 0
