@@ -64,3 +64,21 @@ def test_config_filters():
     assert peers.selected(peers.CONFIGS, "b8") == ["b8-s1-so", "b8-s1-fo", "b8-s5-so", "b8-s5-fo"]
     assert peers.selected(peers.CONFIGS, "a-s5,c-fo") == ["a-s5-so", "a-s5-fo", "c-s1-fo", "c-s5-fo"]
     assert peers.selected(peers.CONFIGS, None) == list(peers.CONFIGS)
+
+
+def _load_conv_kernels():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("conv_kernels", ROOT / "benchmarks" / "conv_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_conv_kernels_layers_and_flops_match_the_flop_counter():
+    conv_kernels = _load_conv_kernels()
+    assert conv_kernels.layers(28) == [(1, 28), (64, 14), (64, 7), (64, 4)]
+    for channels, size in conv_kernels.layers(12):
+        per_task = conv_kernels.layer_steps(3, 2, channels, size, "cpu")["one per task"]
+        with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+            per_task()
+        assert counter.get_total_flops() == conv_kernels.layer_flops(3, 2, channels, size), channels
