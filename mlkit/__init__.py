@@ -1,10 +1,10 @@
-"""mlkit: meta-learning on torch.func — MAML, Meta-SGD, task families, training and plots."""
-from . import core, data, models, plot, tasks, widgets
-from .maml import MAML
-from .metasgd import MetaSGD
-from .pretrain import JointTraining
-from .train import History, evaluate, fit, resolve_device
+"""mlkit: meta-learning on torch.func — MAML, Meta-SGD, Reptile, ANIL, ProtoNet, task families, training, plots."""
+from . import checks, core, data, distributed, models, plot, tasks, widgets
+from .algorithms import ANIL, MAML, JointTraining, MetaLearner, MetaSGD, ProtoNet, Reptile
+from .tasks import TaskBatch, TaskFamily
+from .train import Evaluation, History, Step, evaluate, fit, resolve_device
 
-__all__ = ["core", "data", "models", "plot", "tasks", "widgets", "MAML", "MetaSGD", "JointTraining", "History", "evaluate", "fit",
-           "resolve_device"]
-__version__ = "0.1.0"
+__all__ = ["checks", "core", "data", "distributed", "models", "plot", "tasks", "widgets", "MetaLearner", "MAML",
+           "MetaSGD", "Reptile", "ANIL", "JointTraining", "ProtoNet", "TaskBatch", "TaskFamily", "History", "Step", "Evaluation",
+           "evaluate", "fit", "resolve_device"]
+__version__ = "0.2.0"

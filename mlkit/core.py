@@ -6,11 +6,16 @@ The batched path (:func:`adapt_tasks`, :func:`task_losses`) computes the same nu
 once: ``torch.func.vmap`` maps the per-task loss over the task dimension, and the inner gradients of all
 tasks come from one ``torch.autograd.grad`` call, so every transform stays outside the derivative and
 second-order gradients are exact for any layer ``vmap`` can run forward (``torch.nn`` batch norm included).
+Random layers (dropout) draw independent randomness for every task.
+
+Only the parameters named in ``adapted`` change in the inner loop; the others enter every task unchanged
+(frozen parameters, or the body of ANIL), as the very same tensors.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Mapping, Union
+from typing import Callable, Collection, Mapping, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +24,33 @@ from torch import Tensor
 Params = dict[str, Tensor]
 Forward = Callable[[Params, Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-LearningRate = Union[float, Mapping[str, Tensor]]
+LearningRate = Union[float, Mapping[str, Union[float, Tensor]]]
 
-LOSSES: dict[str, LossFn] = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
+
+def _mse(pred: Tensor, target: Tensor) -> Tensor:
+    if pred.shape != target.shape:
+        raise ValueError(f"mse: predictions {list(pred.shape)} and targets {list(target.shape)} differ in shape; give "
+                         f"targets the model's output shape per example (e.g. y[..., None] for one output)")
+    return F.mse_loss(pred, target)
+
+
+def _cross_entropy(pred: Tensor, target: Tensor) -> Tensor:
+    if target.is_floating_point() or target.is_complex():
+        raise ValueError(f"cross_entropy needs integer class labels (torch.long), got {target.dtype} labels; "
+                         "convert them with y.long()")
+    if pred.dim() != 2 or target.shape != pred.shape[:1]:
+        raise ValueError(f"cross_entropy needs logits [n, classes] and labels [n], got logits {list(pred.shape)} "
+                         f"and labels {list(target.shape)}")
+    return F.cross_entropy(pred, target)
+
+
+LOSSES: dict[str, LossFn] = {"mse": _mse, "cross_entropy": _cross_entropy}
 
 
 def resolve_loss(loss: str | LossFn) -> LossFn:
-    """Turn ``"mse"``, ``"cross_entropy"`` or a callable ``(pred, target) -> scalar`` into a loss function."""
+    """Turn ``"mse"``, ``"cross_entropy"`` or a callable ``(pred, target) -> scalar`` into a loss function.
+
+    The named losses check shapes and label types and raise ``ValueError`` with what to change."""
     if isinstance(loss, str):
         if loss in LOSSES:
             return LOSSES[loss]
@@ -35,16 +60,40 @@ def resolve_loss(loss: str | LossFn) -> LossFn:
     raise ValueError(f"loss must be a name in {sorted(LOSSES)} or a callable (pred, target) -> scalar, got {type(loss).__name__}")
 
 
-def check_inner(inner_lr: float, inner_steps: int) -> None:
-    """Raise ``ValueError`` unless ``inner_lr`` is a finite number and ``inner_steps`` an integer >= 0."""
-    if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)) or not math.isfinite(inner_lr):
-        raise ValueError(f"inner_lr must be a finite number, got {inner_lr!r}")
-    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
-        raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}")
+def is_classification(loss) -> bool:
+    """Whether ``loss`` is a cross-entropy: the name, ``F.cross_entropy``, an ``nn.CrossEntropyLoss`` (label
+    smoothing included) or a ``functools.partial`` of either."""
+    while isinstance(loss, functools.partial):
+        loss = loss.func
+    return loss in ("cross_entropy", F.cross_entropy, _cross_entropy) or isinstance(loss, torch.nn.CrossEntropyLoss)
+
+
+def check_number(name: str, value, minimum: float | None = None) -> float:
+    """``value`` as a float; ``ValueError`` unless it is a finite real number (and ``>= minimum``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def check_steps(steps) -> int:
+    """``steps`` unless it is not an integer >= 0 (``ValueError``)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"inner_steps must be an integer >= 0, got {steps!r}")
+    return steps
+
+
+def _step(params: Params, grads: Mapping[str, Tensor], lr: LearningRate) -> Params:
+    """θ - α ∘ g for the parameters that have a gradient; the others are passed through untouched."""
+    if isinstance(lr, Mapping):
+        return {name: p - lr[name] * grads[name] if name in grads else p for name, p in params.items()}
+    return {name: p - lr * grads[name] if name in grads else p for name, p in params.items()}
 
 
 def adapt(forward: Forward, loss_fn: LossFn, params: Params, support_x: Tensor, support_y: Tensor,
-          lr: LearningRate, steps: int, first_order: bool = False) -> Params:
+          lr: LearningRate, steps: int, first_order: bool = False, adapted: Collection[str] | None = None,
+          differentiable: bool = True) -> Params:
     """Take ``steps`` gradient-descent steps on one task's support set (MAML's inner loop).
 
     Args:
@@ -52,44 +101,48 @@ def adapt(forward: Forward, loss_fn: LossFn, params: Params, support_x: Tensor, 
         loss_fn: ``(pred, target) -> scalar``.
         params: the initial parameters θ, ``name -> tensor``.
         support_x: ``[ways*shots, *in]``; support_y: ``[ways*shots, *out]`` (one task).
-        lr: the inner learning rate α: a float (MAML) or ``name -> tensor`` shaped like ``params`` (Meta-SGD).
+        lr: the inner learning rate α: a float (MAML) or ``name -> float or tensor`` (per layer; Meta-SGD's
+            tensors shaped like ``params``).
         steps: number of inner steps (0 returns ``params``).
         first_order: detach the inner gradients, dropping the Hessian term of the meta-gradient (FOMAML).
+        adapted: names of the parameters the inner loop changes (default: all); the others are returned as
+            the same tensor objects.
+        differentiable: ``False`` returns detached parameters and keeps no graph (test-time adaptation).
 
     Returns:
-        The adapted parameters θ' = θ - α ∘ ∇L_support(θ), applied ``steps`` times. The result stays
-        differentiable with respect to ``params`` and ``lr`` (Finn et al., 2017, Eq. 1; Li et al., 2017).
+        The adapted parameters θ' = θ - α ∘ ∇L_support(θ), applied ``steps`` times. With ``differentiable``
+        the result is differentiable with respect to ``params`` and ``lr`` (Finn et al., 2017, Eq. 1;
+        Li et al., 2017).
     """
-    def support_loss(p: Params) -> Tensor:
-        return loss_fn(forward(p, support_x), support_y)
+    names = list(params) if adapted is None else [name for name in params if name in adapted]
+    if not differentiable:
+        params = {name: p.detach() for name, p in params.items()}
+
+    def support_loss(moving: Params, fixed: Params) -> Tensor:
+        return loss_fn(forward({**fixed, **moving}, support_x), support_y)
 
     for _ in range(steps):
-        grads = torch.func.grad(support_loss)(params)
-        if first_order:
+        moving = {name: params[name] for name in names}
+        fixed = {name: p for name, p in params.items() if name not in moving}
+        grads = torch.func.grad(support_loss)(moving, fixed)
+        if first_order or not differentiable:
             grads = {name: g.detach() for name, g in grads.items()}
-        if isinstance(lr, Mapping):
-            params = {name: p - lr[name] * grads[name] for name, p in params.items()}
-        else:
-            params = {name: p - lr * grads[name] for name, p in params.items()}
+        params = _step(params, grads, lr)
+        if not differentiable:
+            params = {name: p.detach() for name, p in params.items()}
     return params
 
 
 def query_loss(forward: Forward, loss_fn: LossFn, params: Params, lr: LearningRate, steps: int,
-               first_order: bool, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
+               first_order: bool, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+               adapted: Collection[str] | None = None) -> Tensor:
     """The per-task meta-objective: query loss after adapting on the support set (one task, no task dim)."""
-    adapted = adapt(forward, loss_fn, params, support_x, support_y, lr, steps, first_order)
-    return loss_fn(forward(adapted, query_x), query_y)
-
-
-def query_predictions(forward: Forward, loss_fn: LossFn, params: Params, lr: LearningRate, steps: int,
-                      support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-    """Predictions on one task's query inputs after adapting on its support set."""
-    adapted = adapt(forward, loss_fn, params, support_x, support_y, lr, steps, first_order=True)
-    return forward(adapted, query_x)
+    task_params = adapt(forward, loss_fn, params, support_x, support_y, lr, steps, first_order, adapted)
+    return loss_fn(forward(task_params, query_x), query_y)
 
 
 def task_losses(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor,
-                vectorize: bool = True) -> Tensor:
+                vectorize: bool = True, shared: Params | None = None) -> Tensor:
     """The loss of every task, each under its own parameters.
 
     Args:
@@ -97,49 +150,77 @@ def task_losses(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y:
         x: ``[tasks, n, *in]``; y: ``[tasks, n, *out]``.
         vectorize: ``vmap`` over tasks (one kernel per layer for all tasks); ``False`` runs task by task,
             which is faster for convolutions on the CPU, where a grouped convolution is slower than a loop.
+        shared: ``name -> tensor`` used unchanged by every task (parameters that are not adapted).
 
     Returns:
-        ``[tasks]``, differentiable with respect to ``params``.
+        ``[tasks]``, differentiable with respect to ``params`` and ``shared``. Random layers draw different
+        randomness for every task.
     """
-    def one(p: Params, xt: Tensor, yt: Tensor) -> Tensor:
-        return loss_fn(forward(p, xt), yt)
+    shared = {} if shared is None else shared
+
+    def one(p: Params, xt: Tensor, yt: Tensor, common: Params) -> Tensor:
+        return loss_fn(forward({**common, **p}, xt), yt)
 
     if vectorize:
-        return torch.func.vmap(one)(params, x, y)
-    per_task = zip(*(p.unbind(0) for p in params.values()))  # unbind: one backward node, not one per task
-    return torch.stack([one(dict(zip(params, ps)), xt, yt) for ps, xt, yt in zip(per_task, x, y)])
+        return torch.func.vmap(one, in_dims=(0, 0, 0, None), randomness="different")(params, x, y, shared)
+    return torch.stack([one(p, xt, yt, shared) for p, xt, yt in zip(unbind_tasks(params, x.shape[0]), x, y)])
+
+
+def task_outputs(forward: Forward, params: Params, x: Tensor, vectorize: bool = True,
+                 shared: Params | None = None) -> Tensor:
+    """``forward`` of every task under its own parameters: params ``name -> [tasks, *shape]``, x ``[tasks, n, *in]``
+    → ``[tasks, n, *out]`` (``shared`` as in :func:`task_losses`)."""
+    shared = {} if shared is None else shared
+
+    def one(p: Params, xt: Tensor, common: Params) -> Tensor:
+        return forward({**common, **p}, xt)
+
+    if vectorize:
+        return torch.func.vmap(one, in_dims=(0, 0, None), randomness="different")(params, x, shared)
+    return torch.stack([one(p, xt, shared) for p, xt in zip(unbind_tasks(params, x.shape[0]), x)])
+
+
+def unbind_tasks(params: Params, tasks: int) -> list[Params]:
+    """``name -> [tasks, *shape]`` as a list of per-task dicts (one ``unbind`` node per tensor, not one per task)."""
+    if not params:
+        return [{} for _ in range(tasks)]
+    columns = {name: p.unbind(0) for name, p in params.items()}
+    return [{name: column[t] for name, column in columns.items()} for t in range(tasks)]
 
 
 def adapt_tasks(forward: Forward, loss_fn: LossFn, params: Params, support_x: Tensor, support_y: Tensor,
-                lr: LearningRate, steps: int, first_order: bool = False, vectorize: bool = True) -> Params:
+                lr: LearningRate, steps: int, first_order: bool = False, vectorize: bool = True,
+                adapted: Collection[str] | None = None) -> tuple[Params, Params]:
     """:func:`adapt` for a batch of tasks at once: the same inner loop, batched over the task dimension.
 
     Args:
         params: θ, ``name -> tensor`` shared by all tasks.
         support_x: ``[tasks, ways*shots, *in]``; support_y: ``[tasks, ways*shots, *out]``.
-        lr, steps, first_order: as :func:`adapt`. vectorize: as :func:`task_losses`.
+        lr, steps, first_order, adapted: as :func:`adapt`. vectorize: as :func:`task_losses`.
 
     Returns:
-        ``name -> [tasks, *shape]``: each task's θ' (Finn et al., 2017, Eq. 1). Differentiable with respect
-        to ``params`` and ``lr`` when gradients are enabled and they require grad; otherwise detached (the
-        evaluation path).
+        ``(per_task, shared)``: ``per_task`` maps each adapted name to ``[tasks, *shape]``, every task's θ'
+        (Finn et al., 2017, Eq. 1); ``shared`` holds the parameters that were not adapted, unchanged. Both
+        are differentiable with respect to ``params`` and ``lr`` when gradients are enabled and a parameter
+        requires grad; otherwise detached (the evaluation path).
     """
     tasks = support_x.shape[0]
+    names = [name for name in params if adapted is None or name in adapted]
     track = torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
-    params = {name: (p if track else p.detach()).expand(tasks, *p.shape) for name, p in params.items()}
+    if not track:
+        params = {name: p.detach() for name, p in params.items()}
+    shared = {name: p for name, p in params.items() if name not in names}
+    per_task = {name: params[name].expand(tasks, *params[name].shape) for name in names}
     with torch.enable_grad():
         for _ in range(steps):
-            params = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
+            per_task = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in per_task.items()}
             # Tasks are independent, so the gradient of the summed loss is each task's own gradient.
-            losses = task_losses(forward, loss_fn, params, support_x, support_y, vectorize)
-            grads = torch.autograd.grad(losses.sum(), list(params.values()), create_graph=track and not first_order)
-            if isinstance(lr, Mapping):
-                params = {name: p - lr[name] * g for (name, p), g in zip(params.items(), grads)}
-            else:
-                params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+            losses = task_losses(forward, loss_fn, per_task, support_x, support_y, vectorize, shared)
+            grads = torch.autograd.grad(losses.sum(), list(per_task.values()), create_graph=track and not first_order)
+            per_task = _step(per_task, dict(zip(per_task, grads)), lr)
             if not track:
-                params = {name: p.detach() for name, p in params.items()}
-    return params
+                per_task = {name: p.detach() for name, p in per_task.items()}
+    return per_task, shared
 
 
 def map_tasks(per_task: Callable[..., Tensor], *tensors: Tensor, batched: bool = True) -> Tensor:
@@ -153,5 +234,5 @@ def map_tasks(per_task: Callable[..., Tensor], *tensors: Tensor, batched: bool =
         ``[tasks, ...]``, the stacked per-task results.
     """
     if batched:
-        return torch.func.vmap(per_task)(*tensors)
+        return torch.func.vmap(per_task, randomness="different")(*tensors)
     return torch.stack([per_task(*task) for task in zip(*tensors)])

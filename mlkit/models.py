@@ -78,11 +78,13 @@ class Conv4(nn.Module):
     ReLU, 2x2 max-pool], flatten, linear. Batch norm always uses the batch's statistics (:class:`BatchNorm`).
 
     Args:
-        in_channels: image channels; ways: classes out; image_size: input height = width.
-    Input ``[N, in_channels, image_size, image_size]``, output ``[N, ways]``.
+        in_channels: image channels; ways: classes out, or ``None`` for the encoder alone (no head, as
+            Prototypical Networks use it); image_size: input height = width.
+    Input ``[N, in_channels, image_size, image_size]``, output ``[N, ways]`` (or ``[N, out_features]``, the
+    embedding, without a head: 64 for the pool variant with 64 filters on 28x28).
     """
 
-    def __init__(self, in_channels: int = 1, ways: int = 5, filters: int = 64, variant: str = "strided",
+    def __init__(self, in_channels: int = 1, ways: int | None = 5, filters: int = 64, variant: str = "strided",
                  image_size: int = 28):
         super().__init__()
         if variant not in ("strided", "pool"):
@@ -98,10 +100,13 @@ class Conv4(nn.Module):
             channels, size = filters, (size + 1) // 2 if variant == "strided" else size // 2
         if size < 1:
             raise ValueError(f"image_size {image_size} is too small for four {variant} blocks")
+        if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int) or ways <= 0):
+            raise ValueError(f"ways must be a positive number of classes, or None for the encoder alone, got {ways!r}")
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(filters if variant == "strided" else filters * size * size, ways)
+        self.out_features = filters if variant == "strided" else filters * size * size
+        self.head = None if ways is None else nn.Linear(self.out_features, ways)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x)
         h = h.mean((2, 3)) if self.variant == "strided" else h.flatten(1)
-        return self.head(h)
+        return h if self.head is None else self.head(h)

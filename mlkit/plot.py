@@ -1,10 +1,9 @@
 """Plots a reader wants: a sine task adapted step by step, and learning curves."""
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 
-from .maml import MAML
+from .algorithms import MAML
 from .tasks import TaskBatch
 from .tasks.sinusoid import Sinusoid
 from .train import History
@@ -15,6 +14,8 @@ def sine_adaptation(algorithm: MAML, batch: TaskBatch, task: int = 0, steps=(0, 
     """Plot one sinusoid task: the true curve, its support points, and the model after each number of
     inner ``steps`` (at ``inner_lr``, default the algorithm's). ``batch`` comes from
     :class:`~mlkit.tasks.Sinusoid` (its ``info`` has the curve). Returns the matplotlib ``Axes``."""
+    import matplotlib.pyplot as plt
+
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     device = next(algorithm.parameters()).device
@@ -40,6 +41,8 @@ def sine_adaptation(algorithm: MAML, batch: TaskBatch, task: int = 0, steps=(0, 
 def learning_curves(*histories: History, labels=None, smooth: int = 50, ax=None):
     """Plot the meta-training loss (moving average over ``smooth`` iterations) and, where recorded, the
     periodic evaluation with its 95% CI, for one or more :class:`History`. Returns the ``Axes``."""
+    import matplotlib.pyplot as plt
+
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     labels = labels or [f"run {i}" for i in range(len(histories))]
@@ -63,6 +66,8 @@ def learning_curves(*histories: History, labels=None, smooth: int = 50, ax=None)
 def sine_tasks(batch: TaskBatch, tasks: int = 4, ax=None):
     """Plot the first ``tasks`` sinusoid tasks of ``batch``: each true curve with its support (dots) and
     query (crosses) points. Returns the ``Axes``."""
+    import matplotlib.pyplot as plt
+
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     x = torch.linspace(-5, 5, 200)[None, :, None].expand(min(tasks, batch.tasks), -1, -1)
@@ -81,6 +86,8 @@ def episode(batch: TaskBatch, task: int = 0, predictions: torch.Tensor | None = 
     """Show one classification episode: the support images (one row per class) beside up to ``max_queries``
     query images per class. With ``predictions`` (``[tasks, n_query]`` labels), query titles turn green when
     right and red when wrong. Returns the ``Figure``."""
+    import matplotlib.pyplot as plt
+
     sx, sy = batch.support_x[task].cpu(), batch.support_y[task].cpu()
     qx, qy = batch.query_x[task].cpu(), batch.query_y[task].cpu()
     ways = int(sy.max()) + 1

@@ -1,10 +1,9 @@
 """Interactive widgets for notebooks (ipywidgets): change a task or the adaptation and see the result."""
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 
-from .maml import MAML
+from .algorithms import MAML
 from .plot import sine_adaptation
 from .tasks.sinusoid import Sinusoid
 
@@ -14,6 +13,8 @@ def sine_explorer(algorithm: MAML, max_shots: int = 20, max_steps: int = 20):
     change re-adapts ``algorithm`` (trained on sinusoids) to the task and redraws it.
 
     Returns the widget (display it, or let it be a cell's last value). Needs ``ipywidgets``."""
+    import matplotlib.pyplot as plt
+
     try:
         import ipywidgets as widgets
     except ImportError:

@@ -54,10 +54,17 @@ def test_sine_explorer_readapts_with_the_slider_values(monkeypatch):
     calls = []
     monkeypatch.setattr(mlkit.widgets, "sine_adaptation",
                         lambda algorithm, batch, steps, inner_lr, ax: calls.append((batch.support_x.shape[1], steps, inner_lr)))
-    monkeypatch.setattr(mlkit.widgets.plt, "show", lambda: None)
+    monkeypatch.setattr(plt, "show", lambda: None)
     explorer = mlkit.widgets.sine_explorer(mlkit.MAML(mlkit.models.MLP(1, [8], 1)))
     (shots, steps), (inner_lr, _task) = explorer.children[0].children, explorer.children[1].children
     shots.value, steps.value, inner_lr.value = 12, 7, 0.05
     assert calls[0] == (5, (0, 1), 0.01)
     assert calls[-1] == (12, (0, 7), pytest.approx(0.05))
     plt.close("all")
+
+
+def test_importing_mlkit_does_not_import_pyplot():
+    import subprocess
+    import sys
+    code = "import sys, mlkit; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

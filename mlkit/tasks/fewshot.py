@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .batch import TaskBatch
-from .sinusoid import _positive_int
+from ..checks import positive_int
 
 
 class FewShot:
@@ -21,9 +21,9 @@ class FewShot:
 
     def __init__(self, dataset, ways: int = 5, shots: int = 1, queries: int = 15):
         self.dataset = dataset
-        self.ways = _positive_int("ways", ways)
-        self.shots = _positive_int("shots", shots)
-        self.queries = _positive_int("queries", queries)
+        self.ways = positive_int("ways", ways)
+        self.shots = positive_int("shots", shots)
+        self.queries = positive_int("queries", queries)
         if dataset.num_classes == 0:
             raise ValueError("the dataset has no classes")
         if ways > dataset.num_classes:
@@ -39,7 +39,7 @@ class FewShot:
     def sample(self, tasks: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> TaskBatch:
         """Draw ``tasks`` episodes, deterministic under ``generator``."""
-        _positive_int("tasks", tasks)
+        positive_int("tasks", tasks)
         ds, ways, per_class = self.dataset, self.ways, self.shots + self.queries
         classes = torch.rand(tasks, ds.num_classes, generator=generator).argsort(1)[:, :ways]   # [tasks, ways]
         base, turns = classes // len(ds.rotations), classes % len(ds.rotations)

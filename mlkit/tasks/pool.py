@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .batch import TaskBatch
-from .sinusoid import _positive_int
+from ..checks import positive_int
 
 
 class TaskPool:
@@ -18,7 +18,7 @@ class TaskPool:
 
     def __init__(self, family, size: int, seed: int = 0):
         self.family = family
-        self.size = _positive_int("size", size)
+        self.size = positive_int("size", size)
         self.tasks = family.sample(size, generator=torch.Generator().manual_seed(seed))
 
     def __repr__(self) -> str:
@@ -27,6 +27,6 @@ class TaskPool:
     def sample(self, tasks: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> TaskBatch:
         """``tasks`` tasks picked uniformly from the pool (deterministic under ``generator``)."""
-        _positive_int("tasks", tasks)
+        positive_int("tasks", tasks)
         batch = self.tasks[torch.randint(self.size, (tasks,), generator=generator)]
         return batch if device is None else batch.to(device)

@@ -6,13 +6,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..checks import positive_int
 from .batch import TaskBatch
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class Sinusoid:
@@ -25,8 +20,8 @@ class Sinusoid:
 
     def __init__(self, shots: int = 10, queries: int = 10, amplitude: tuple[float, float] = (0.1, 5.0),
                  phase: tuple[float, float] = (0.0, math.pi), x_range: tuple[float, float] = (-5.0, 5.0)):
-        self.shots = _positive_int("shots", shots)
-        self.queries = _positive_int("queries", queries)
+        self.shots = positive_int("shots", shots)
+        self.queries = positive_int("queries", queries)
         for name, (low, high) in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
             if not low <= high:
                 raise ValueError(f"{name} must be (low, high) with low <= high, got {(low, high)}")
@@ -48,7 +43,7 @@ class Sinusoid:
             A :class:`TaskBatch` with support ``[tasks, shots, 1]``, query ``[tasks, queries, 1]`` and
             ``info`` holding ``amplitude`` and ``phase`` (each ``[tasks]``). Deterministic under ``generator``.
         """
-        _positive_int("tasks", tasks)
+        positive_int("tasks", tasks)
 
         def uniform(shape, bounds):
             low, high = bounds

@@ -120,7 +120,7 @@ BATCHNORMS = {"mlkit": mlkit.models.BatchNorm, "torch": lambda c: nn.BatchNorm2d
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("cpu_vmap", ["vmap", "task by task"])
 def test_batched_equals_loop_on_convnet_with_batchnorm(float64, name, bn, first_order, cpu_vmap, monkeypatch):
-    monkeypatch.setattr(mlkit.maml, "CPU_CONV_VMAP_MAX_ELEMENTS", 10**9 if cpu_vmap == "vmap" else 0)
+    monkeypatch.setattr(mlkit.algorithms.base, "CPU_CONV_VMAP_MAX_ELEMENTS", 10**9 if cpu_vmap == "vmap" else 0)
     algo = ALGORITHMS[name](tiny_convnet(BATCHNORMS[bn]), loss="cross_entropy", inner_lr=0.5, inner_steps=2,
                             first_order=first_order)
     batch = image_tasks()
@@ -155,7 +155,7 @@ def test_batchnorm_with_running_statistics_is_refused():
 @pytest.mark.parametrize("bn", BATCHNORMS)
 @pytest.mark.parametrize("cpu_vmap", ["vmap", "task by task"])
 def test_batched_query_predictions_equal_the_loop(float64, name, bn, cpu_vmap, monkeypatch):
-    monkeypatch.setattr(mlkit.maml, "CPU_CONV_VMAP_MAX_ELEMENTS", 10**9 if cpu_vmap == "vmap" else 0)
+    monkeypatch.setattr(mlkit.algorithms.base, "CPU_CONV_VMAP_MAX_ELEMENTS", 10**9 if cpu_vmap == "vmap" else 0)
     batch = image_tasks()
     algo = ALGORITHMS[name](tiny_convnet(BATCHNORMS[bn]), loss="cross_entropy", inner_lr=0.5, inner_steps=3)
     looped = ALGORITHMS[name](tiny_convnet(BATCHNORMS[bn]), loss="cross_entropy", inner_lr=0.5, inner_steps=3,

@@ -19,7 +19,7 @@ def test_built_by_hand_from_tensors():
     ({"qx": (3, 7, 3), "qy": (3, 7, 1)}, "number of tasks"),
     ({"qx": (4, 7, 2)}, "input shape"),
     ({"qy": (4, 7, 2)}, "target shape"),
-    ({"sx": (4,)}, "at least"),
+    ({"sx": (4, 5)}, "3 or more dims"),
 ])
 def test_shape_mismatch_raises(shapes, match):
     with pytest.raises(ValueError, match=match):
