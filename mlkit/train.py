@@ -19,6 +19,7 @@ from .algorithms.base import MetaLearner, describe_callable
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
 OptimizerSpec = Union[str, Callable[..., torch.optim.Optimizer]]
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -169,7 +170,7 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
         on_step: Callable[[Step], None] | None = None, on_eval: Callable[[Evaluation], None] | None = None,
         eval_every: int | None = None, eval_tasks: int = 100, eval_steps: int | None = None, eval_family=None,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500, minutes: float | None = None,
-        progress: bool = True, distributed: bool | None = None) -> History:
+        clock: str = "wall", progress: bool = True, distributed: bool | None = None) -> History:
     """Meta-train ``algorithm`` on tasks drawn from ``family``.
 
     Args:
@@ -192,6 +193,8 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
         checkpoint: a file to save to every ``checkpoint_every`` iterations (atomically) and to resume from;
             it records the algorithm's settings and refuses to resume a run with other ones.
         minutes: stop early once this much training time has passed (resumed time included).
+        clock: what ``minutes`` and ``History.seconds`` count: ``"wall"`` time, or ``"cpu"`` time of this process
+            (all its threads), which other jobs on a shared machine do not inflate.
         distributed: ``None`` (default) detects a torchrun launch and then splits every meta-batch over the
             ranks (:mod:`mlkit.distributed`); ``False`` trains alone.
     Returns:
@@ -207,6 +210,8 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
                                 or not minutes > 0 or not math.isfinite(minutes)):
         raise ValueError(f"minutes must be a positive finite number of minutes, got {minutes!r}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
     if meta_lr is not None and (isinstance(meta_lr, bool) or not isinstance(meta_lr, (int, float))
                                 or not math.isfinite(meta_lr) or meta_lr <= 0):
         raise ValueError(f"meta_lr must be a positive finite number, got {meta_lr!r}")
@@ -244,7 +249,7 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
     try:
         return _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, optimizer, scheduler,
                       clip_grad_norm, on_step, on_eval, eval_every, eval_tasks, eval_steps, eval_family, path,
-                      checkpoint_every, minutes, progress, world)
+                      checkpoint_every, minutes, CLOCKS[clock], progress, world)
     finally:
         if world is not None:
             world.close()
@@ -253,7 +258,7 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
 
 def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, optimizer_spec, scheduler_spec,
            clip_grad_norm, on_step, on_eval, eval_every, eval_tasks, eval_steps, eval_family, path,
-           checkpoint_every, minutes, progress, world) -> History:
+           checkpoint_every, minutes, now, progress, world) -> History:
     algorithm.to(device)
     if world is not None:
         world.sync_parameters(algorithm)
@@ -268,7 +273,8 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
     generator = torch.Generator().manual_seed(seed)
     history = History(metric=metric_name(algorithm))
     config = {"meta_batch": meta_batch, "meta_lr": meta_lr, "seed": seed, "optimizer": _describe(optimizer_spec),
-              "scheduler": None if scheduler_spec is None else _describe(scheduler_spec), "clip_grad_norm": clip_grad_norm}
+              "scheduler": None if scheduler_spec is None else _describe(scheduler_spec), "clip_grad_norm": clip_grad_norm,
+              "clock": "cpu" if now is time.process_time else "wall"}
     start = 0
     leader = world is None or world.leader
     if path is not None:
@@ -300,7 +306,7 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
 
     if minutes is not None and history.seconds >= minutes * 60:
         return history  # a resumed run whose time budget is already spent
-    began = time.perf_counter() - history.seconds
+    began = now() - history.seconds
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=type(algorithm).__name__,
                disable=not progress or not leader)
     for i in bar:
@@ -309,7 +315,7 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
         loss = algorithm.meta_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        elapsed = time.perf_counter() - began
+        elapsed = now() - began
         out_of_time = minutes is not None and elapsed >= minutes * 60
         value = loss.item()
         if world is not None:  # every rank has gradients for the same parameters
@@ -333,7 +339,7 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
             run_eval(done)
             postfix[history.metric] = f"{history.eval_mean[-1]:.3f}"
         bar.set_postfix(postfix, refresh=False)
-        history.seconds = time.perf_counter() - began
+        history.seconds = now() - began
         if on_step is not None and leader:
             on_step(Step(done, value, lr, history.seconds, algorithm))
         if out_of_time and eval_every is not None and history.eval_iteration[-1:] != [done]:

@@ -47,6 +47,12 @@ def test_time_budget_stops_training_and_a_resumed_run_does_not_overrun(tmp_path)
     assert again.iteration == [1]
 
 
+def test_a_cpu_time_budget_counts_this_process_only():
+    history = mlkit.fit(sine_maml(), mlkit.tasks.Sinusoid(), iterations=10_000, meta_batch=2, minutes=1e-9, clock="cpu",
+                        progress=False)
+    assert history.iteration == [1] and 0 < history.seconds < 60
+
+
 def test_checkpoint_with_other_settings_is_refused(tmp_path):
     path = tmp_path / "run.pt"
     mlkit.fit(sine_maml(), mlkit.tasks.Sinusoid(), iterations=2, meta_batch=3, checkpoint=path, progress=False)
@@ -68,6 +74,8 @@ def test_non_finite_loss_raises_before_anything_is_written(tmp_path):
     ({"iterations": 0}, "iterations"), ({"meta_batch": 0}, "meta_batch"), ({"meta_lr": -1.0}, "meta_lr"),
     ({"meta_lr": float("nan")}, "meta_lr"), ({"device": "tpu"}, "unknown device"), ({"eval_every": 0}, "eval_every"),
     ({"checkpoint_every": -5}, "checkpoint_every"), ({"minutes": 0}, "minutes"), ({"minutes": float("inf")}, "minutes"),
+    ({"clock": "gpu"}, "clock"), ({"optimizer": 3}, "optimizer"), ({"clip_grad_norm": 0}, "clip_grad_norm"),
+    ({"scheduler": "linear"}, "scheduler"), ({"on_step": 1}, "on_step"),
 ])
 def test_bad_fit_arguments_raise_before_any_file_is_written(tmp_path, kwargs, match):
     args = {"iterations": 5, "checkpoint": tmp_path / "run.pt", "progress": False, **kwargs}

@@ -1,4 +1,4 @@
-"""ClassDataset: labelled images grouped by class, the input of few-shot episode sampling."""
+"""ClassDataset: labelled examples (images, token ids, ...) grouped by class, the input of few-shot episode sampling."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,20 +8,21 @@ from torch import Tensor
 
 
 class ClassDataset:
-    """Images with class labels; optionally every class also seen rotated by quarter turns as new classes.
+    """Examples with class labels; optionally every class of images also seen rotated by quarter turns as new classes.
 
     Args:
-        images: ``[N, C, H, W]``, uint8 (0..255) or float.
+        images: the examples ``[N, *item]``: images ``[N, C, H, W]`` as uint8 (0..255) or float, or anything
+            else with a leading example dimension, such as padded token ids ``[N, length]`` (int64).
         labels: ``[N]`` int64 base-class ids in ``0..len(classes)-1``.
         classes: a name per base class.
         rotations: quarter turns applied to every base class, each making a distinct class (the MAML
             paper's Omniglot augmentation uses ``(0, 1, 2, 3)``). Class ``c`` is base class
-            ``c // len(rotations)`` turned ``rotations[c % len(rotations)]`` times.
+            ``c // len(rotations)`` turned ``rotations[c % len(rotations)]`` times. Images only.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], rotations: Sequence[int] = (0,)):
-        if images.dim() != 4:
-            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        if not isinstance(images, Tensor) or images.dim() < 1:
+            raise ValueError(f"images must be a tensor [N, *item] of examples, got {type(images).__name__}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels must be [N] = [{images.shape[0]}], got shape {tuple(labels.shape)}")
         if len(classes) == 0:
@@ -30,6 +31,8 @@ class ClassDataset:
             raise ValueError(f"labels must lie in 0..{len(classes) - 1} (one per class name)")
         if not rotations or any(r not in (0, 1, 2, 3) for r in rotations) or len(set(rotations)) != len(rotations):
             raise ValueError(f"rotations must be distinct quarter turns from (0, 1, 2, 3), got {tuple(rotations)}")
+        if tuple(rotations) != (0,) and images.dim() != 4:
+            raise ValueError(f"rotations apply to images [N, C, H, W]; these examples have shape {tuple(images.shape)}")
         self.images, self.labels = images, labels.long()
         self.classes, self.rotations = list(classes), tuple(rotations)
         counts = torch.bincount(self.labels, minlength=len(self.classes))
@@ -54,10 +57,10 @@ class ClassDataset:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self.classes)} classes x {len(self.rotations)} rotations, "
-                f"{self.images.shape[0]} images of {tuple(self.images.shape[1:])})")
+                f"{self.images.shape[0]} examples of {tuple(self.images.shape[1:])})")
 
     def subset(self, base_classes: Sequence[int] | Tensor, rotations: Sequence[int] | None = None) -> "ClassDataset":
-        """The images of the given base classes (relabelled ``0..len-1`` in that order)."""
+        """The examples of the given base classes (relabelled ``0..len-1`` in that order)."""
         base_classes = torch.as_tensor(base_classes, dtype=torch.long).flatten()
         if base_classes.numel() == 0:
             raise ValueError("subset needs at least one class; the class list is empty")

@@ -15,7 +15,8 @@ class FewShot:
     Args:
         dataset: a :class:`mlkit.data.ClassDataset` (rotated copies of a class count as classes).
         ways, shots, queries: N, K, and query images per class.
-    ``sample`` returns support ``[tasks, ways*shots, C, H, W]`` float in [0, 1], labels ``[tasks, ways*shots]``,
+    ``sample`` returns support ``[tasks, ways*shots, C, H, W]`` float in [0, 1] for uint8 images (other examples,
+    such as token ids ``[tasks, ways*shots, length]``, keep their type), labels ``[tasks, ways*shots]``,
     query ``[tasks, ways*queries, ...]``; ``info["classes"]`` ``[tasks, ways]`` holds the dataset class of each label.
     """
 
@@ -49,7 +50,10 @@ class FewShot:
         picked = members.gather(2, keys.argsort(2)[..., :per_class])                          # [tasks, ways, n]
         images = ds.images[picked]                                                             # [tasks, ways, n, C, H, W]
         images = _rotate(images, torch.as_tensor(ds.rotations)[turns])
-        images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        elif images.is_floating_point():
+            images = images.float()      # other integer examples (token ids) keep their type
         labels = torch.arange(ways).view(1, ways, 1).expand(tasks, ways, per_class)
 
         def part(t: Tensor, lo: int, hi: int) -> Tensor:
