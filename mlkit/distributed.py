@@ -10,6 +10,7 @@ script itself does not change. NCCL serves GPUs (each rank takes ``cuda:LOCAL_RA
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -36,7 +37,6 @@ class World:
     rank: int
     size: int
     local_rank: int
-    owns_group: bool  # the process group was created here, so it is destroyed here
 
     @property
     def leader(self) -> bool:
@@ -87,13 +87,12 @@ class World:
                                f"{TIMEOUT.total_seconds():.0f} s: another rank failed or stalled (see its own error "
                                f"above; set MLKIT_DISTRIBUTED_TIMEOUT to wait longer). Cause: {error}") from error
 
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def setup(distributed: bool | None, device: torch.device | str) -> World | None:
     """Join (or create) the process group when the run is distributed; ``None`` for one process.
+
+    A group created here lives until the process exits; a group the caller created is used as it is.
 
     Args:
         distributed: ``None`` detects a ``torchrun`` launch from the environment; ``True`` requires one;
@@ -107,18 +106,26 @@ def setup(distributed: bool | None, device: torch.device | str) -> World | None:
     if not dist.is_available():
         raise ValueError("distributed=True but this PyTorch build has no torch.distributed")
     if dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False)
+        return current()
     missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
         raise ValueError(f"distributed=True but {', '.join(missing)} are not set: launch the script with torchrun, "
                          "e.g. torchrun --nproc_per_node=2 script.py")
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True)
+    # Kept for the next fit or evaluate of this process and destroyed when it exits: a torchrun worker cannot
+    # create its default group a second time (the rendezvous store keeps the first one's keys).
+    atexit.register(_destroy)
+    return current()
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current() -> World | None:
     """The world of an already-initialised process group of several ranks, else ``None``."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False)
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return None

@@ -240,19 +240,14 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
 
     world = join_world(distributed, device)
     if world is not None and meta_batch % world.size:
-        world.close()
         raise ValueError(f"meta_batch={meta_batch} cannot be split evenly over {world.size} ranks; use a multiple "
                          f"of {world.size}")
     if world is not None and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
-    try:
-        return _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, optimizer, scheduler,
-                      clip_grad_norm, on_step, on_eval, eval_every, eval_tasks, eval_steps, eval_family, path,
-                      checkpoint_every, minutes, CLOCKS[clock], progress, world)
-    finally:
-        if world is not None:
-            world.close()
+    return _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, optimizer, scheduler,
+                  clip_grad_norm, on_step, on_eval, eval_every, eval_tasks, eval_steps, eval_family, path,
+                  checkpoint_every, minutes, CLOCKS[clock], progress, world)
 
 
 
