@@ -58,8 +58,9 @@ class History:
     eval_iteration: list[int] = field(default_factory=list)
     eval_mean: list[float] = field(default_factory=list)
     eval_ci95: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)  # training time when each evaluation was made
     metric: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time (``fit``'s clock), evaluations and checkpoints not counted
 
 
 @dataclass
@@ -192,7 +193,8 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
             ``eval_family`` (e.g. validation classes; default: ``family``) and adapted with ``eval_steps``.
         checkpoint: a file to save to every ``checkpoint_every`` iterations (atomically) and to resume from;
             it records the algorithm's settings and refuses to resume a run with other ones.
-        minutes: stop early once this much training time has passed (resumed time included).
+        minutes: stop early once this much training time has passed (resumed time included; the time of
+            evaluations and checkpoints is not counted).
         clock: what ``minutes`` and ``History.seconds`` count: ``"wall"`` time, or ``"cpu"`` time of this process
             (all its threads), which other jobs on a shared machine do not inflate.
         distributed: ``None`` (default) detects a torchrun launch and then splits every meta-batch over the
@@ -296,22 +298,22 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
         history.eval_iteration.append(iteration)
         history.eval_mean.append(mean)
         history.eval_ci95.append(ci95)
+        history.eval_seconds.append(history.seconds)
         if on_eval is not None and leader:
             on_eval(Evaluation(iteration, mean, ci95, history.metric))
 
     if minutes is not None and history.seconds >= minutes * 60:
         return history  # a resumed run whose time budget is already spent
-    began = now() - history.seconds
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=type(algorithm).__name__,
                disable=not progress or not leader)
     for i in bar:
+        began = now()
         batch = family.sample(meta_batch, generator=generator)
         batch = (batch if world is None else world.shard(batch)).to(device)
         loss = algorithm.meta_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        elapsed = now() - began
-        out_of_time = minutes is not None and elapsed >= minutes * 60
+        out_of_time = minutes is not None and history.seconds + now() - began >= minutes * 60
         value = loss.item()
         if world is not None:  # every rank has gradients for the same parameters
             value, stop = world.reduce([p.grad for p in params if p.grad is not None], value, float(out_of_time),
@@ -326,6 +328,7 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
+        history.seconds += now() - began
         done = i + 1
         history.iteration.append(done)
         history.loss.append(value)
@@ -334,7 +337,6 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
             run_eval(done)
             postfix[history.metric] = f"{history.eval_mean[-1]:.3f}"
         bar.set_postfix(postfix, refresh=False)
-        history.seconds = now() - began
         if on_step is not None and leader:
             on_step(Step(done, value, lr, history.seconds, algorithm))
         if out_of_time and eval_every is not None and history.eval_iteration[-1:] != [done]:
