@@ -46,3 +46,28 @@ def test_fit_and_evaluate_on_cuda(algorithm, tmp_path):
     assert next(algo.parameters()).device.type == "cuda" and history.loss[-1] < history.loss[0]
     mse, ci = mlkit.evaluate(algo, family, tasks=200)  # at the trained inner steps: learned rates are tuned for them
     assert mse < 3.0 and ci > 0
+
+
+def test_dropout_runs_batched_on_cuda_with_different_masks_per_task():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout2d(0.3),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 28 * 28, 5)).cuda()
+    maml = mlkit.MAML(model, loss="cross_entropy", inner_lr=0.1)
+    batch = conv_tasks("cuda").to(torch.float32)
+    maml.meta_loss(batch).backward()
+    out = mlkit.core.task_outputs(lambda p, x: torch.nn.functional.dropout(x, 0.5), {}, torch.ones(4, 3, 50, device="cuda"))
+    masks = (out != 0).flatten(1)
+    assert not any(torch.equal(masks[0], masks[t]) for t in range(1, 4))
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "anil", "protonet"])
+def test_new_algorithms_give_the_same_meta_gradient_on_cuda_as_on_the_cpu(algorithm):
+    grads = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = mlkit.models.Conv4(1, 5, filters=16).double().to(device)
+        algo = {"reptile": lambda: mlkit.Reptile(model, "cross_entropy", inner_lr=0.4, inner_steps=2),
+                "anil": lambda: mlkit.ANIL(model, "cross_entropy", inner_lr=0.4, inner_steps=2),
+                "protonet": lambda: mlkit.ProtoNet(model)}[algorithm]()
+        grads[device] = flat_grad(algo.meta_loss(conv_tasks(device)), algo.parameters()).cpu()
+    torch.testing.assert_close(grads["cuda"], grads["cpu"], rtol=1e-6, atol=1e-8)

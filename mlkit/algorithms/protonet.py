@@ -71,13 +71,9 @@ class ProtoNet(MetaLearner):
                                  lambda: self._logits(batch[0], ways, False))
         return torch.stack([one(*task) for task in zip(*tensors)])
 
-    def check_batch(self, batch: TaskBatch, targets: bool = True) -> int:
+    def check_episodes(self, batch: TaskBatch) -> int:
         """Check the batch and return its number of ways: labels ``0..ways-1``, each in every support set."""
-        if not isinstance(batch, TaskBatch):
-            raise ValueError(f"expected a mlkit.tasks.TaskBatch, got {type(batch).__name__}")
-        checks.check_model(self.model)
-        checks.check_device(batch.support_x, self.device, "the batch")
-        self.output_shape(batch.support_x[0], "support_x of the first task")
+        super().check_batch(batch, targets=False)
         ways = int(batch.support_y.max()) + 1 if batch.support_y.numel() else 0
         checks.check_targets(batch.support_y, (ways,), True, "support_y")
         checks.check_targets(batch.query_y, (ways,), True, "query_y")
@@ -96,7 +92,7 @@ class ProtoNet(MetaLearner):
             A scalar, differentiable with respect to the encoder's parameters.
         """
         _no_steps(steps)
-        ways = self.check_batch(batch)
+        ways = self.check_episodes(batch)
         self.record_example_shape(batch)
         logits = self._logits(batch, ways, self.batched if batched is None else batched)
         return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
@@ -125,7 +121,7 @@ class ProtoNet(MetaLearner):
     def query_predictions(self, batch: TaskBatch, steps: int | None = None, inner_lr: float | None = None) -> Tensor:
         """Query logits ``[tasks, n_query, ways]`` (no graph kept)."""
         _no_steps(steps)
-        ways = self.check_batch(batch)
+        ways = self.check_episodes(batch)
         with torch.no_grad():
             return self._logits(batch, ways, self.batched)
 
