@@ -141,6 +141,12 @@ class MetaBatch:
     inner_returns: Tensor | None
     outer_returns: Tensor
 
+    def head(self, tasks: int) -> "MetaBatch":
+        """The first ``tasks`` tasks of the batch."""
+        cut = lambda t: None if t is None else t[:tasks]  # noqa: E731
+        return MetaBatch(self.goals[:tasks], cut(self.inner_x), cut(self.inner_y), self.outer.task_range(tasks),
+                         self.outer_adv[:tasks], cut(self.inner_returns), self.outer_returns[:tasks])
+
 
 class MAMLTRPO(nn.Module):
     """MAML for a Gaussian policy on a batch of navigation tasks, with a TRPO meta-step.
@@ -294,7 +300,12 @@ class MAMLTRPO(nn.Module):
         old_mean, old_log_std = mean.detach(), log_std.detach()
         surrogate, _ = self.objective(mean, log_std, old_mean, old_log_std, batch)
         grad = _flat(torch.autograd.grad(surrogate, list(leaves.values()), retain_graph=True))
-        fisher = self._fisher_vector_product(leaves, mean, log_std, batch.outer.mask)
+        fisher_tasks = self.trpo.fisher_tasks
+        if fisher_tasks is None or fisher_tasks >= batch.goals.shape[0]:
+            fisher = self._fisher_vector_product(leaves, mean, log_std, batch.outer.mask)
+        else:  # a graph of its own, so that each product differentiates only the subsample's inner steps
+            head = batch.head(fisher_tasks)
+            fisher = self._fisher_vector_product(leaves, *self.adapted_outputs(leaves, head), head.outer.mask)
 
         direction = conjugate_gradient(fisher, grad, self.trpo.cg_iters)
         curvature = direction @ fisher(direction)

@@ -112,6 +112,10 @@ class Trajectories:
         """Task ``i``'s trajectories with a task dimension of one."""
         return Trajectories(*(t[i:i + 1] for t in (self.observations, self.actions, self.rewards, self.mask)))
 
+    def task_range(self, tasks: int) -> "Trajectories":
+        """The first ``tasks`` tasks' trajectories."""
+        return Trajectories(*(t[:tasks] for t in (self.observations, self.actions, self.rewards, self.mask)))
+
     @staticmethod
     def cat(parts: list["Trajectories"]) -> "Trajectories":
         """Concatenate along the task dimension."""

@@ -16,13 +16,17 @@ from torch import Tensor
 @dataclass(frozen=True)
 class TRPOSettings:
     """max_kl: the trust region δ; cg_iters, cg_damping: the solver of F x = g (F + damping·I);
-    ls_steps, ls_ratio: backtracking (the step is scaled by ratio^k, k = 0..ls_steps-1)."""
+    ls_steps, ls_ratio: backtracking (the step is scaled by ratio^k, k = 0..ls_steps-1);
+    fisher_tasks: estimate F on the first this many tasks of the meta-batch (they are i.i.d.), as rllab's
+    ``subsample_factor`` does with samples, to cut the cost of the CG iterations; None uses every task. The
+    gradient and the line search's KL check always use every task."""
 
     max_kl: float = 0.01
     cg_iters: int = 10
     cg_damping: float = 1e-5
     ls_steps: int = 15
     ls_ratio: float = 0.8
+    fisher_tasks: int | None = None
 
     def __post_init__(self):
         for name in ("max_kl", "cg_damping"):
@@ -37,6 +41,9 @@ class TRPOSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.ls_ratio < 1:
             raise ValueError(f"ls_ratio must lie in (0, 1), got {self.ls_ratio!r}")
+        if self.fisher_tasks is not None and (isinstance(self.fisher_tasks, bool) or not isinstance(self.fisher_tasks, int)
+                                              or self.fisher_tasks < 1):
+            raise ValueError(f"fisher_tasks must be None or a positive integer, got {self.fisher_tasks!r}")
 
 
 def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int = 10,

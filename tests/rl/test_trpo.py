@@ -86,7 +86,8 @@ def test_batched_sampling_fisher_and_step_equal_the_per_task_loop(float64):
 
 
 @pytest.mark.parametrize("kwargs", [{"max_kl": 0.0}, {"max_kl": float("nan")}, {"cg_iters": 0},
-                                    {"ls_ratio": 1.0}, {"ls_steps": 2.5}, {"cg_damping": -1.0}])
+                                    {"ls_ratio": 1.0}, {"ls_steps": 2.5}, {"cg_damping": -1.0},
+                                    {"fisher_tasks": 0}])
 def test_bad_trpo_settings_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         rl.TRPOSettings(**kwargs)
@@ -103,3 +104,28 @@ def test_sample_rejects_goals_of_the_wrong_shape():
     algo = rl.MAMLTRPO(rl.GaussianMLPPolicy(hidden=(4,)))
     with pytest.raises(ValueError, match="goals"):
         algo.sample(torch.zeros(3, 3))
+
+
+def test_a_subsampled_fisher_is_the_kl_hessian_of_the_first_tasks(float64):
+    algo, batch = toy(seed=4)
+    algo.trpo = rl.TRPOSettings(fisher_tasks=2, cg_iters=1)
+    head = batch.head(2)
+    leaves = {k: p.detach().clone().requires_grad_() for k, p in algo.policy.params().items()}
+    mean, log_std = algo.adapted_outputs(leaves, head)
+    old = mean.detach(), log_std.detach()
+    kl = algo.objective(*algo.adapted_outputs(leaves, head), *old, head)[1]
+    grad = _flat(torch.autograd.grad(kl, list(leaves.values()), create_graph=True))
+    captured = {}
+    original = rl.maml.conjugate_gradient
+
+    def capture(matvec, b, iterations):
+        captured["matvec"] = matvec
+        return original(matvec, b, iterations)
+    rl.maml.conjugate_gradient = capture
+    try:
+        algo.step(batch)
+    finally:
+        rl.maml.conjugate_gradient = original
+    v = torch.randn(grad.numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    hessian_v = _flat(torch.autograd.grad(grad @ v, list(leaves.values())))
+    torch.testing.assert_close(captured["matvec"](v) - algo.trpo.cg_damping * v, hessian_v, rtol=1e-8, atol=1e-10)
