@@ -13,7 +13,7 @@ import torch
 
 from .baseline import advantages, baseline_features, discounted_returns, fit_linear_baseline
 from .maml import (FineTuneResult, MAMLTRPO, MetaBatch, TrainHistory, adapt_tasks, dice_policy_gradient_loss,
-                   fine_tune, train)
+                   fine_tune, per_task_act, shared_act, train)
 from .navigation import Navigation2D, Trajectories, rollout
 from .policy import GaussianMLPPolicy, kl_divergence, log_prob
 from .trpo import TRPOSettings, conjugate_gradient, line_search
@@ -55,6 +55,6 @@ def __getattr__(name: str):
 
 __all__ = ["Navigation2D", "Navigation2DEnv", "Trajectories", "rollout", "GaussianMLPPolicy", "log_prob",
            "kl_divergence", "discounted_returns", "baseline_features", "fit_linear_baseline", "advantages",
-           "dice_policy_gradient_loss", "adapt_tasks", "MAMLTRPO", "MetaBatch", "TRPOSettings", "conjugate_gradient",
+           "dice_policy_gradient_loss", "adapt_tasks", "per_task_act", "shared_act", "MAMLTRPO", "MetaBatch", "TRPOSettings", "conjugate_gradient",
            "line_search", "fine_tune", "FineTuneResult", "train", "TrainHistory", "load_pretrained", "register",
            "PRETRAINED"]

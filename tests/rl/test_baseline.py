@@ -45,7 +45,7 @@ def trajectories(seed=0, tasks=3, n=5, steps=12):
     g = torch.Generator().manual_seed(seed)
     goals = env.sample_goals(tasks, g, dtype=torch.float64)
     noise = torch.randn(tasks, n, steps, 2, generator=g, dtype=torch.float64)
-    return rl.rollout(rl.maml.shared_act(policy, policy.params()), goals, noise, env)
+    return rl.rollout(rl.shared_act(policy, policy.params()), goals, noise, env)
 
 
 def test_advantages_are_returns_minus_the_fitted_baseline(float64):

@@ -19,7 +19,7 @@ def test_fine_tune_takes_fresh_policy_gradient_steps_at_the_given_rates(float64)
     params = {k: p.detach().expand(3, *p.shape) for k, p in policy.params().items()}
     for k, lr in enumerate((0.2, 0.1)):
         noise = torch.randn(3, 5, 10, 2, generator=g, dtype=torch.float64)
-        traj = rl.rollout(rl.maml.per_task_act(policy, params), goals, noise, env)
+        traj = rl.rollout(rl.per_task_act(policy, params), goals, noise, env)
         torch.testing.assert_close(result.returns[:, k], traj.returns())
         x, y = rl.maml.pack(traj, rl.advantages(traj, 0.99))
         params = rl.adapt_tasks(policy, params, x, y, lr, create_graph=False)
@@ -59,3 +59,28 @@ def test_training_rejects_bad_arguments_before_any_work(tmp_path):
     rl.train(tiny_algorithm(), 1, meta_batch=2, checkpoint=tmp_path / "run.pt", progress=False)
     with pytest.raises(ValueError, match="written with"):
         rl.train(tiny_algorithm(), 2, meta_batch=3, checkpoint=tmp_path / "run.pt", progress=False)
+
+
+@pytest.mark.parametrize("name", rl.PRETRAINED)
+def test_shipped_policies_are_small_and_record_how_they_were_made(name):
+    from importlib import resources
+    size = (resources.files("mlkit.rl") / "pretrained" / f"navigation-{name}.pt").stat().st_size
+    assert size < 2 * 1024 * 1024
+    policy, info = rl.load_pretrained(name)
+    assert isinstance(policy, rl.GaussianMLPPolicy)
+    assert info["algorithm"]["inner_steps"] == (1 if name == "maml" else 0)
+    assert len(info["history"]["return_after"]) == info["iterations"]
+    assert info["script"] == "benchmarks/train_navigation.py"
+
+
+def test_the_shipped_maml_policy_improves_with_one_policy_gradient_step():
+    policy, _ = rl.load_pretrained("maml")
+    goals = rl.Navigation2D().sample_goals(8, torch.Generator().manual_seed(5))
+    returns = rl.fine_tune(policy, goals, steps=1, trajectories=20,
+                           generator=torch.Generator().manual_seed(6)).mean_returns().mean(0)
+    assert returns[1] > returns[0] + 5
+
+
+def test_load_pretrained_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown pretrained"):
+        rl.load_pretrained("ppo")

@@ -61,7 +61,7 @@ def test_a_batched_rollout_equals_one_rollout_per_task():
     env = rl.Navigation2D(horizon=20)
     goals = env.sample_goals(3, torch.Generator().manual_seed(1), dtype=torch.float64)
     noise = torch.randn(3, 4, 20, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    act = rl.maml.shared_act(policy, policy.params())
+    act = rl.shared_act(policy, policy.params())
     batched = rl.rollout(act, goals, noise, env)
     for i in range(3):
         one = rl.rollout(act, goals[i:i + 1], noise[i:i + 1], env)

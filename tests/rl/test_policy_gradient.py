@@ -36,7 +36,7 @@ def sample(seed=0, tasks=2, n=4, steps=5, hidden=(8,)):
     g = torch.Generator().manual_seed(seed)
     goals = env.sample_goals(tasks, g, dtype=torch.float64)
     noise = torch.randn(tasks, n, steps, 2, generator=g, dtype=torch.float64)
-    traj = rl.rollout(rl.maml.shared_act(policy, policy.params()), goals, noise, env)
+    traj = rl.rollout(rl.shared_act(policy, policy.params()), goals, noise, env)
     return policy, traj, rl.advantages(traj, 0.99)
 
 

@@ -106,7 +106,7 @@ def test_sample_rejects_goals_of_the_wrong_shape():
         algo.sample(torch.zeros(3, 3))
 
 
-def test_a_subsampled_fisher_is_the_kl_hessian_of_the_first_tasks(float64):
+def test_a_subsampled_fisher_is_the_kl_hessian_of_the_first_tasks(float64, monkeypatch):
     algo, batch = toy(seed=4)
     algo.trpo = rl.TRPOSettings(fisher_tasks=2, cg_iters=1)
     head = batch.head(2)
@@ -116,16 +116,13 @@ def test_a_subsampled_fisher_is_the_kl_hessian_of_the_first_tasks(float64):
     kl = algo.objective(*algo.adapted_outputs(leaves, head), *old, head)[1]
     grad = _flat(torch.autograd.grad(kl, list(leaves.values()), create_graph=True))
     captured = {}
-    original = rl.maml.conjugate_gradient
+    solve = rl.maml.conjugate_gradient
 
     def capture(matvec, b, iterations):
         captured["matvec"] = matvec
-        return original(matvec, b, iterations)
-    rl.maml.conjugate_gradient = capture
-    try:
-        algo.step(batch)
-    finally:
-        rl.maml.conjugate_gradient = original
+        return solve(matvec, b, iterations)
+    monkeypatch.setattr(rl.maml, "conjugate_gradient", capture)
+    algo.step(batch)
     v = torch.randn(grad.numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     hessian_v = _flat(torch.autograd.grad(grad @ v, list(leaves.values())))
     torch.testing.assert_close(captured["matvec"](v) - algo.trpo.cg_damping * v, hessian_v, rtol=1e-8, atol=1e-10)
