@@ -39,11 +39,16 @@ FISHER_TASKS = 5  # as benchmarks/train_navigation.py
 PUBLISHED_MAML = (-40.41, -11.68, -3.33, -3.23)
 
 
+def fresh_policy() -> rl.GaussianMLPPolicy:
+    """An untrained policy of the shipped ones' architecture and action scale, seeded."""
+    torch.manual_seed(RANDOM_INIT_SEED)
+    return rl.GaussianMLPPolicy(**rl.load_pretrained("maml")[1]["policy"])
+
+
 def policies() -> dict[str, rl.GaussianMLPPolicy]:
     maml, _ = rl.load_pretrained("maml")
     joint, _ = rl.load_pretrained("joint")
-    torch.manual_seed(RANDOM_INIT_SEED)
-    return {"maml": maml, "joint": joint, "random": rl.GaussianMLPPolicy()}
+    return {"maml": maml, "joint": joint, "random": fresh_policy()}
 
 
 def evaluate(policy: rl.GaussianMLPPolicy, goals: torch.Tensor, lrs) -> list[list[float]]:
@@ -68,8 +73,7 @@ def tune_rate(policy: rl.GaussianMLPPolicy, goals: torch.Tensor) -> float:
 def time_meta_iterations() -> dict:
     """Check that the batched and per-task-loop meta-iterations agree, then time each (seconds per iteration)."""
     def algorithm(batched: bool) -> rl.MAMLTRPO:
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return rl.MAMLTRPO(rl.GaussianMLPPolicy(), batched=batched, trpo=rl.TRPOSettings(fisher_tasks=FISHER_TASKS))
+        return rl.MAMLTRPO(fresh_policy(), batched=batched, trpo=rl.TRPOSettings(fisher_tasks=FISHER_TASKS))
 
     def sample(algo: rl.MAMLTRPO, seed: int) -> rl.MetaBatch:
         generator = torch.Generator().manual_seed(seed)
@@ -144,7 +148,8 @@ def main() -> None:
         f"Average return on {len(test_goals)} held-out goals (uniform in [-0.5, 0.5]², seed {GOAL_SEED}) after "
         f"0-{STEPS} policy-gradient steps, each on {TRAJECTORIES} fresh trajectories with the linear feature "
         "baseline; mean ± 95% CI over goals. Reward −‖position − goal‖ per step, horizon 100, start at the "
-        "origin, actions clipped to [−0.1, 0.1], episodes end within 0.01 of the goal. MAML and the jointly "
+        "origin, actions clipped to [−0.1, 0.1] (policies act in units of 0.1, as the reference code's action "
+        "normalisation), episodes end within 0.01 of the goal. MAML and the jointly "
         f"pretrained policy: {maml_info['iterations']} TRPO iterations of meta-batch {maml_info['meta_batch']}, "
         "20 trajectories per task (MAML: one inner step at α = 0.1, DiCE inner estimator), max KL 0.01, "
         "10 CG iterations (Fisher on 5 of the 20 tasks), damping 1e-5; the random initialisation is untrained. "

@@ -31,7 +31,9 @@ ITERATIONS = 200
 META_BATCH = 20
 FISHER_TASKS = 5  # the CG's Fisher on 5 of the 20 tasks: a quarter of the cost of the step's dominant part
 SEEDS = {"maml": 0, "joint": 1}
-POLICY = {"obs_dim": 2, "action_dim": 2, "hidden": (100, 100), "init_std": 1.0, "activation": "relu"}
+# actions in units of 0.1, as the reference code's rllab ``normalize`` wrapper (see GaussianMLPPolicy)
+POLICY = {"obs_dim": 2, "action_dim": 2, "hidden": (100, 100), "init_std": 1.0, "activation": "relu",
+          "action_scale": 0.1}
 PRETRAINED = ROOT / "mlkit" / "rl" / "pretrained"
 
 
@@ -73,7 +75,8 @@ def main() -> None:
     names = [args.only] if args.only else ["maml", "joint"]
     began = time.time()
     with ProcessPoolExecutor(min(args.jobs, len(names))) as pool:
-        for name, minutes in pool.map(train, names, [iterations] * len(names), [out] * len(names), [checkpoints] * len(names)):
+        runs = pool.map(train, names, [iterations] * len(names), [out] * len(names), [checkpoints] * len(names))
+        for name, minutes in runs:
             print(f"{name}: {iterations} iterations in {minutes:.1f} min -> {out / f'navigation-{name}.pt'}")
     print(f"total {(time.time() - began) / 60:.1f} min on {machine()}")
 

@@ -55,6 +55,6 @@ def __getattr__(name: str):
 
 __all__ = ["Navigation2D", "Navigation2DEnv", "Trajectories", "rollout", "GaussianMLPPolicy", "log_prob",
            "kl_divergence", "discounted_returns", "baseline_features", "fit_linear_baseline", "advantages",
-           "dice_policy_gradient_loss", "adapt_tasks", "per_task_act", "shared_act", "MAMLTRPO", "MetaBatch", "TRPOSettings", "conjugate_gradient",
-           "line_search", "fine_tune", "FineTuneResult", "train", "TrainHistory", "load_pretrained", "register",
-           "PRETRAINED"]
+           "dice_policy_gradient_loss", "adapt_tasks", "per_task_act", "shared_act", "MAMLTRPO", "MetaBatch",
+           "TRPOSettings", "conjugate_gradient", "line_search", "fine_tune", "FineTuneResult", "train", "TrainHistory",
+           "load_pretrained", "register", "PRETRAINED"]

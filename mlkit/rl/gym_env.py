@@ -21,9 +21,10 @@ ENV_ID = "mlkit/Navigation2D-v0"
 class Navigation2DEnv(gym.Env):
     """2-D navigation (Finn et al., 2017, Sec. 5.3): reach an unseen goal from the origin.
 
-    Observation: the position, ``Box(-r, r, (2,), float32)`` with r just above ``horizon · 0.1``. Action: a velocity, ``Box(-0.1, 0.1, (2,),
-    float32)``; anything outside is clipped. Reward: ``-‖position - goal‖`` after the move. The episode
-    terminates within 0.01 of the goal on both axes and is truncated after ``horizon`` (100) steps.
+    Observation: the position, ``Box(-r, r, (2,), float32)`` with r just above ``horizon · 0.1``.
+    Action: a velocity, ``Box(-0.1, 0.1, (2,), float32)``; anything outside is clipped. Reward:
+    ``-‖position - goal‖`` after the move. The episode terminates within 0.01 of the goal on both axes and is
+    truncated after ``horizon`` (100) steps.
 
     The task is the goal. Set it with ``reset_task(goal)`` or ``reset(options={"goal": goal})``; draw goals
     uniformly from ``[-0.5, 0.5]²`` with ``sample_tasks(n)`` (seeded by ``reset(seed=...)``). Without a goal,

@@ -18,22 +18,33 @@ class GaussianMLPPolicy(nn.Module):
     starts at ``log(init_std)`` (1.0, as the reference code). Parameters are ``mean.*`` (an
     :class:`mlkit.models.MLP`) and ``log_std``.
 
+    ``action_scale`` multiplies the mean and the standard deviation: the policy acts in units of
+    ``action_scale``. The MAML reference code wraps its environments in rllab's ``normalize``, which maps
+    actions in [-1, 1] onto the action box, here ``0.1 · a``; ``action_scale=0.1`` is exactly that map (the
+    environment's clip to [-0.1, 0.1] then matches the wrapper's clip to [-1, 1]).
+
     Args:
         obs_dim, action_dim: sizes of observations and actions. hidden: hidden layer widths.
-        init_std: initial standard deviation. activation: ``"relu"`` or ``"tanh"``.
+        init_std: initial standard deviation, in units of ``action_scale``. activation: ``"relu"`` or ``"tanh"``.
+        action_scale: the unit of the actions.
     """
 
     def __init__(self, obs_dim: int = 2, action_dim: int = 2, hidden: tuple[int, ...] = (100, 100),
-                 init_std: float = 1.0, activation: str = "relu"):
+                 init_std: float = 1.0, activation: str = "relu", action_scale: float = 1.0):
         super().__init__()
         if not init_std > 0:
             raise ValueError(f"init_std must be positive, got {init_std!r}")
+        if not (isinstance(action_scale, (int, float)) and math.isfinite(action_scale) and action_scale > 0):
+            raise ValueError(f"action_scale must be a positive number, got {action_scale!r}")
         self.mean = MLP(obs_dim, list(hidden), action_dim, activation=activation)
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
+        self.action_scale = float(action_scale)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """``obs [..., obs_dim] -> (mean [..., action_dim], log_std [action_dim])``."""
-        return self.mean(obs), self.log_std
+        """``obs [..., obs_dim] -> (mean [..., action_dim], log_std [action_dim])`` of the actions."""
+        if self.action_scale == 1.0:
+            return self.mean(obs), self.log_std
+        return self.action_scale * self.mean(obs), self.log_std + math.log(self.action_scale)
 
     def params(self) -> dict[str, Tensor]:
         """The parameters θ as a dict ``name -> tensor``."""

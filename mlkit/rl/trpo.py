@@ -41,8 +41,8 @@ class TRPOSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.ls_ratio < 1:
             raise ValueError(f"ls_ratio must lie in (0, 1), got {self.ls_ratio!r}")
-        if self.fisher_tasks is not None and (isinstance(self.fisher_tasks, bool) or not isinstance(self.fisher_tasks, int)
-                                              or self.fisher_tasks < 1):
+        tasks = self.fisher_tasks
+        if tasks is not None and (isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1):
             raise ValueError(f"fisher_tasks must be None or a positive integer, got {self.fisher_tasks!r}")
 
 

@@ -2,9 +2,9 @@
 
 With the trajectories fixed, importance sampling turns every estimator into a deterministic function of θ.
 The inner objective is the per-decision importance-sampled return estimate
-``J_i(θ) = Σ_t (ρ_{0:t}(θ) - ρ_{0:t-1}(θ)) A_t / #steps``, ``ρ_{0:t} = Π_{t'≤t} π_θ/π_θ0``, whose value and first
-two derivatives at θ0 are those the DiCE surrogate estimates; the outer objective is TRPO's ratio surrogate.
-Central differences of ``F(θ) = surrogate(θ + α ∇J(θ))`` at θ0, in float64, must equal the meta-gradient that
+``J_i(θ) = Σ_t (ρ_{0:t}(θ) - ρ_{0:t-1}(θ)) A_t / #steps``, ``ρ_{0:t} = Π_{t'≤t} π_θ/π_θ0``, whose value
+and first two derivatives at θ0 are those the DiCE surrogate estimates; the outer objective is TRPO's ratio
+surrogate. Central differences of ``F(θ) = surrogate(θ + α ∇J(θ))`` at θ0, in float64, must equal the meta-gradient that
 ``MAMLTRPO`` differentiates through its inner step. The usual surrogate ``mean(log π · A)`` must not.
 """
 import pytest
@@ -17,7 +17,7 @@ from mlkit.rl.maml import _InnerProblem
 def tiny_problem(seed=0):
     torch.manual_seed(seed)
     env = rl.Navigation2D(horizon=6)
-    policy = rl.GaussianMLPPolicy(hidden=(8,), init_std=0.3).double()
+    policy = rl.GaussianMLPPolicy(hidden=(5,), init_std=0.3).double()
     algo = rl.MAMLTRPO(policy, env=env, inner_lr=0.5, trajectories=3)
     generator = torch.Generator().manual_seed(seed)
     batch = algo.sample(env.sample_goals(2, generator, dtype=torch.float64), generator)

@@ -99,3 +99,16 @@ def test_an_inner_step_along_the_policy_gradient_raises_the_surrogate_return(flo
     gain = (ratio * adv[0] * traj.mask[0]).sum() / traj.mask[0].sum()
     assert gain.item() > 0
     assert math.isfinite(gain.item())
+
+
+def test_action_scale_scales_the_mean_and_the_standard_deviation(float64):
+    torch.manual_seed(0)
+    unit = rl.GaussianMLPPolicy(hidden=(8,)).double()
+    scaled = rl.GaussianMLPPolicy(hidden=(8,), action_scale=0.1).double()
+    scaled.load_state_dict(unit.state_dict())
+    obs = torch.randn(5, 2)
+    (m1, s1), (m2, s2) = unit(obs), scaled(obs)
+    torch.testing.assert_close(m2, 0.1 * m1)
+    torch.testing.assert_close(s2.exp(), 0.1 * s1.exp())
+    with pytest.raises(ValueError, match="action_scale"):
+        rl.GaussianMLPPolicy(action_scale=0.0)
