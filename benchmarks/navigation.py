@@ -157,7 +157,7 @@ def main() -> None:
         f"{VALIDATION_GOALS} validation "
         "goals (the paper tuned its baselines' step sizes by hand). The published row uses the same reward "
         "(negative distance, as in all released code; the paper's text says squared distance), goals and "
-        f"horizon, with 500 meta-iterations and the best checkpoint. Training: MAML "
+        f"horizon, with up to 500 meta-iterations and the best checkpoint kept. Training: MAML "
         f"{maml_info['train_minutes']:.1f} min wall, {maml_info['train_cpu_minutes']:.1f} CPU-min; joint "
         f"{training['joint']['train_minutes']:.1f} min wall, {training['joint']['train_cpu_minutes']:.1f} CPU-min "
         f"(one thread each, in parallel). Machine: {machine()}.")
