@@ -12,8 +12,8 @@ from importlib import resources
 import torch
 
 from .baseline import advantages, baseline_features, discounted_returns, fit_linear_baseline
-from .maml import (FineTuneResult, MAMLTRPO, MetaBatch, TrainHistory, adapt_tasks, dice_policy_gradient_loss,
-                   fine_tune, per_task_act, shared_act, train)
+from .maml import MAMLTRPO, MetaBatch, adapt_tasks, dice_policy_gradient_loss, per_task_act, shared_act
+from .training import FineTuneResult, TrainHistory, fine_tune, train
 from .navigation import Navigation2D, Trajectories, rollout
 from .policy import GaussianMLPPolicy, kl_divergence, log_prob
 from .trpo import TRPOSettings, conjugate_gradient, line_search
