@@ -111,3 +111,16 @@ def test_save_and_load_round_trip(tmp_path):
 def test_bad_training_settings_are_a_value_error(change):
     with pytest.raises(ValueError):
         rnn.meta_train(rnn.TrainConfig(**change), progress=False)
+
+
+def test_detached_inputs_change_the_gradient_not_the_trajectory():
+    params, functions, uniform, noise = tiny_problem(seed=4)
+    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+    runs = {}
+    for detach in (False, True):
+        xs, ys = rnn.rollout(leaves, lambda x: gp.gp_values(functions, x), functions.mask, 6, uniform=uniform,
+                             noise=noise, detach_inputs=detach)
+        loss = rnn.trajectory_loss("oi", xs, ys)
+        runs[detach] = (xs.detach(), torch.autograd.grad(loss.mean(), leaves["w_in"])[0])
+    assert torch.equal(runs[False][0], runs[True][0])
+    assert not torch.allclose(runs[False][1], runs[True][1])
