@@ -288,6 +288,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel, one thread each")
     parser.add_argument("--quick", action="store_true", help="3 runs of 20 evaluations; writes nothing to results/")
+    parser.add_argument("--report-only", action="store_true", help="summarise the cached cells, run nothing")
     args = parser.parse_args()
     if min(args.runs, args.gp_ei_runs, args.budget, args.gp_ei_budget, args.jobs) < 1:
         parser.error("--runs, --gp-ei-runs, --budget, --gp-ei-budget and --jobs must be positive")
@@ -305,7 +306,7 @@ def main() -> None:
             path = folder / f"{method}-{problem}-{runs[method]}x{budget[method]}.json"
             if path.exists():
                 cells[(method, problem)] = json.loads(path.read_text())
-            else:
+            elif not args.report_only:
                 todo.append((method, problem, runs[method], budget[method], path))
     if "lstm" in args.methods:
         load_pretrained()  # fail early if the shipped optimiser is missing
@@ -320,10 +321,11 @@ def main() -> None:
     summary.update(machine=machine(), horizon=HORIZON, missing=[list(c) for c in missing],
                    settings={"runs": runs, "budget": budget}, shared_machine=True,
                    optimizer_record=load_pretrained().record if ("lstm", PROBLEMS[0]) in cells else None)
+    not_run = "" if not missing else (" Not run (time): " + ", ".join(f"{LABELS[m]} on {p}" for m, p in missing) + ".")
     text = (table(summary) + "\n\nBest-so-far regret (median [quartiles]) after 10/50/100/200 evaluations; time per "
             "suggestion excludes the objective (median over runs; the LSTM's from single, unbatched runs). LSTM "
             f"trained for {HORIZON} evaluations on GP draws. Machine: {machine()}; shared with other jobs, "
-            "so timings are indicative and quality numbers (driven by evaluation counts) are not affected.\n")
+            "so timings are indicative and quality numbers (driven by evaluation counts) are not affected." + not_run + "\n")
     print(text)
     if args.quick:
         return

@@ -1,4 +1,4 @@
-"""Meta-train the shipped optimiser: ``python -m mlkit.blackbox.pretrain`` (about 15 minutes on one CPU thread).
+"""Meta-train the shipped optimiser: ``python -m mlkit.blackbox.pretrain`` (about 12 minutes on one free CPU thread).
 
 Writes ``mlkit/blackbox/pretrained/lstm.pt`` (or ``--out``) with the weights, every setting, the seed, the
 training time and a check on held-out GP draws against random search. Interrupted runs resume from
@@ -16,7 +16,7 @@ import torch
 
 from . import gp, rnn
 
-DEFAULT = rnn.TrainConfig(iterations=4000, batch=64, horizon=100, loss="ei", lr=3e-3, hidden=128, max_dim=6,
+DEFAULT = rnn.TrainConfig(iterations=3000, batch=64, horizon=100, loss="ei", lr=3e-3, hidden=128, max_dim=6,
                           features=256, lengthscale_range=(0.1, 1.0), clip=1.0, seed=0)
 PACKAGED = Path(__file__).resolve().parent / "pretrained" / "lstm.pt"
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                         "command": "python -m mlkit.blackbox.pretrain" + (f" {' '.join(argv)}" if argv else ""),
                         "config": {**asdict(config), "lengthscale_range": list(config.lengthscale_range)},
                         "final_loss": sum(tail) / len(tail), "minutes": history["seconds"] / 60,
-                        "torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
+                        "torch": str(torch.__version__), "threads": args.threads, "machine": platform.machine(),
                         "heldout": heldout_check(params)}
     optimizer.save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB) after {history['seconds'] / 60:.1f} min")
