@@ -1,6 +1,7 @@
 import importlib.resources
 import math
 
+import pytest
 import torch
 
 from mlkit.blackbox import gp, load_pretrained, rnn
@@ -17,6 +18,7 @@ def test_shipped_optimizer_loads_and_records_how_it_was_made():
     assert all(torch.isfinite(p).all() for p in optimizer.params().values())
 
 
+@pytest.mark.slow
 def test_shipped_optimizer_beats_random_search_on_heldout_gp_draws():
     # 1,024 draws meta-training never saw (dimensions 1-6), each optimised with 4 seeds by both methods for
     # 30 evaluations. The 4,096 paired differences of best values are independent, so their mean minus 3.3
