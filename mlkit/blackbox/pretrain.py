@@ -1,4 +1,4 @@
-"""Meta-train the shipped optimiser: ``python -m mlkit.blackbox.pretrain`` (about 12 minutes on one free CPU thread).
+"""Meta-train the shipped optimiser: ``python -m mlkit.blackbox.pretrain`` (10-15 minutes on an idle CPU thread).
 
 Writes ``mlkit/blackbox/pretrained/lstm.pt`` (or ``--out``) with the weights, every setting, the seed, the
 training time and a check on held-out GP draws against random search. Interrupted runs resume from
