@@ -1,0 +1,12 @@
+"""Learned black-box optimisation (Chen et al., 2017): an LSTM meta-trained on Gaussian-process draws maps
+the history of queries and values to the next query.
+
+``minimize(f, bounds)`` runs the optimiser that ships with mlkit; ``Minimizer`` is its ask/tell form;
+``functions`` has standard test functions; ``gp`` draws the training tasks; ``rnn`` holds the network and
+its meta-training; ``python -m mlkit.blackbox.pretrain`` reproduces the shipped weights.
+"""
+from . import functions, gp, rnn
+from .minimize import EvaluationError, Minimizer, load_pretrained, minimize
+from .rnn import LSTMOptimizer
+
+__all__ = ["functions", "gp", "rnn", "EvaluationError", "LSTMOptimizer", "Minimizer", "load_pretrained", "minimize"]

@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+
+from mlkit.blackbox import gp, rnn
+
+
+def tiny_problem(seed=0, batch=3, max_dim=2, hidden=5):
+    generator = torch.Generator().manual_seed(seed)
+    params = rnn.init_params(hidden, max_dim, generator, dtype=torch.float64)
+    params["w_skip"] = 0.1 * torch.randn(params["w_skip"].shape, generator=generator, dtype=torch.float64)
+    functions = gp.sample_gp(batch, torch.tensor([1, 2, 2][:batch]), max_dim, 16, generator=generator,
+                             dtype=torch.float64)
+    uniform = torch.rand(batch, max_dim, generator=generator, dtype=torch.float64)
+    noise = torch.randn(batch, 6, max_dim, generator=generator, dtype=torch.float64)
+    return params, functions, uniform, noise
+
+
+@pytest.mark.parametrize("loss", rnn.LOSSES)
+def test_meta_gradient_matches_finite_differences(loss):
+    # float64, central differences along random directions of all the weights at once: a wrong term anywhere
+    # in backpropagation through the trajectory changes the directional derivative
+    params, functions, uniform, noise = tiny_problem()
+
+    def meta_loss(p):
+        xs, ys = rnn.rollout(p, lambda x: gp.gp_values(functions, x), functions.mask, 6, uniform=uniform, noise=noise)
+        return rnn.trajectory_loss(loss, xs, ys, functions.lengthscales).mean()
+
+    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+    grads = dict(zip(leaves, torch.autograd.grad(meta_loss(leaves), list(leaves.values()))))
+    assert all(g.abs().sum() > 0 for g in grads.values())  # the loss reaches every weight through the trajectory
+    generator = torch.Generator().manual_seed(7)
+    eps = 1e-6
+    for _ in range(3):
+        direction = {n: torch.randn(p.shape, generator=generator, dtype=torch.float64) for n, p in params.items()}
+        plus = meta_loss({n: p + eps * direction[n] for n, p in params.items()})
+        minus = meta_loss({n: p - eps * direction[n] for n, p in params.items()})
+        numeric = ((plus - minus) / (2 * eps)).item()
+        analytic = sum((grads[n] * direction[n]).sum() for n in params).item()
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_batched_rollout_equals_one_function_at_a_time():
+    params, functions, uniform, noise = tiny_problem(seed=1)
+    xs, ys = rnn.rollout(params, lambda x: gp.gp_values(functions, x), functions.mask, 6, uniform=uniform, noise=noise)
+    for b in range(3):
+        one = gp.select(functions, b)
+        x1, y1 = rnn.rollout(params, lambda x: gp.gp_values(one, x), one.mask, 6, uniform=uniform[b:b + 1],
+                             noise=noise[b:b + 1])
+        assert torch.allclose(xs[b], x1[0], atol=1e-12) and torch.allclose(ys[b], y1[0], atol=1e-12)
+
+
+def test_queries_stay_in_the_unit_box_and_unused_slots_stay_zero():
+    params, functions, uniform, noise = tiny_problem(seed=2)
+    xs, _ = rnn.rollout(params, lambda x: gp.gp_values(functions, x), functions.mask, 6, uniform=uniform, noise=noise)
+    assert xs.min() >= 0 and xs.max() <= 1
+    assert (xs[0, :, 1] == 0).all()  # the first function is one-dimensional
+
+
+def test_observed_improvement_loss_by_hand():
+    ys = torch.tensor([[3.0, 1.0, 2.0, 0.5]])
+    # improvements below the best so far: 1 - 3 = -2, 2 - 1 -> 0, 0.5 - 1 = -0.5; averaged over 4 steps
+    assert rnn.trajectory_loss("oi", None, ys).item() == pytest.approx(-2.5 / 4)
+    assert rnn.trajectory_loss("sum", None, ys).item() == pytest.approx(6.5 / 4)
+
+
+def test_failed_evaluation_is_read_as_the_worst_and_never_the_best():
+    params = rnn.init_params(4, 2, torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    state = rnn.initial_state(params, 1)
+    state = rnn.observe(params, state, torch.tensor([[0.2, 0.3]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64), mask)
+    state = rnn.observe(params, state, torch.tensor([[0.6, 0.6]], dtype=torch.float64), torch.tensor([math.nan], dtype=torch.float64), mask)
+    assert state.best_y.item() == 1.0 and torch.equal(state.best_x, torch.tensor([[0.2, 0.3]], dtype=torch.float64))
+    assert state.count.item() == 1 and state.observed[0, 1] == math.inf
+    assert torch.isfinite(state.hidden).all() and torch.isfinite(state.logits).all()
+
+
+def test_meta_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    config = rnn.TrainConfig(iterations=4, batch=3, horizon=4, hidden=6, features=8, seed=3)
+    straight, _ = rnn.meta_train(config, progress=False)
+
+    calls = {"n": 0}
+    original = rnn.trajectory_loss
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rnn, "trajectory_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rnn.meta_train(config, progress=False, checkpoint=tmp_path / "run.pt", checkpoint_every=2)
+    monkeypatch.setattr(rnn, "trajectory_loss", original)
+    resumed, history = rnn.meta_train(config, progress=False, checkpoint=tmp_path / "run.pt", checkpoint_every=2)
+    assert len(history["loss"]) == 4
+    assert all(torch.equal(straight[n], resumed[n]) for n in straight)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    optimizer = rnn.LSTMOptimizer(hidden=8, max_dim=3, seed=1)
+    optimizer.record = {"seed": 1, "note": "test"}
+    optimizer.save(tmp_path / "opt.pt")
+    loaded = rnn.LSTMOptimizer.load(tmp_path / "opt.pt")
+    assert loaded.record == optimizer.record and (loaded.hidden, loaded.max_dim) == (8, 3)
+    assert all(torch.equal(loaded.params()[n], optimizer.params()[n]) for n in optimizer.params())
+
+
+@pytest.mark.parametrize("change", [{"loss": "mse"}, {"horizon": 1}, {"batch": 0}, {"lr": -1.0}])
+def test_bad_training_settings_are_a_value_error(change):
+    with pytest.raises(ValueError):
+        rnn.meta_train(rnn.TrainConfig(**change), progress=False)
+
+
+def test_detached_inputs_change_the_gradient_not_the_trajectory():
+    params, functions, uniform, noise = tiny_problem(seed=4)
+    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+    runs = {}
+    for detach in (False, True):
+        xs, ys = rnn.rollout(leaves, lambda x: gp.gp_values(functions, x), functions.mask, 6, uniform=uniform,
+                             noise=noise, detach_inputs=detach)
+        loss = rnn.trajectory_loss("oi", xs, ys)
+        runs[detach] = (xs.detach(), torch.autograd.grad(loss.mean(), leaves["w_in"])[0])
+    assert torch.equal(runs[False][0], runs[True][0])
+    assert not torch.allclose(runs[False][1], runs[True][1])
