@@ -182,6 +182,8 @@ def semi(args) -> None:
     supervised, supervised_history = trained(None, 0)
     inference = mlkit.SemiProtoNet(encoder(), "soft_kmeans")
     inference.model.load_state_dict(supervised.model.state_dict())
+    # One key for both columns: the supervised model ignores unlabelled images, and test episodes with and without
+    # distractors share their support and query sets, so its per-episode accuracies are the same.
     runs = [("supervised", None, supervised, supervised_history, h, score("supervised", supervised, h))
             for h in (0, SEMI_DISTRACTORS)]
     runs += [("semi-supervised inference", "soft_kmeans", inference, supervised_history, h,
