@@ -1,4 +1,4 @@
-"""Plots a reader wants: a sine task adapted step by step, and learning curves."""
+"""Plots a reader wants: a sine task adapted step by step, learning curves, and few-shot episodes."""
 from __future__ import annotations
 
 import torch
@@ -114,5 +114,53 @@ def episode(batch: TaskBatch, task: int = 0, predictions: torch.Tensor | None = 
                     guess = int(predictions[task, k])
                     ax.set_title(f"→ {guess}", fontsize=7, color="tab:green" if guess == label else "tab:red")
     fig.suptitle("support (blue frames) and query images, one row per class", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def semi_episode(batch: TaskBatch, task: int = 0, max_queries: int = 3):
+    """Show one semi-supervised episode (from ``FewShot(..., unlabeled=M, distractors=H)``): a row per task
+    class with its support images (blue frames), its unlabelled images (green, dashed) and up to ``max_queries``
+    queries (no frame), then a row per distractor class with its unlabelled images (red, dashed). The rows
+    come from ``batch.info``; the model never sees which unlabelled image belongs where. Returns the ``Figure``."""
+    import matplotlib.pyplot as plt
+
+    if batch.unlabeled_x is None or "unlabeled_classes" not in batch.info:
+        raise ValueError("semi_episode needs a batch with unlabelled images and their sources in info, as "
+                         "mlkit.tasks.FewShot(..., unlabeled=M) samples them")
+    sx, sy = batch.support_x[task].cpu(), batch.support_y[task].cpu()
+    qx, qy = batch.query_x[task].cpu(), batch.query_y[task].cpu()
+    ux, source = batch.unlabeled_x[task].cpu(), batch.info["unlabeled_classes"][task].cpu()
+    classes, distractors = batch.info["classes"][task].cpu(), batch.info["distractors"][task].cpu()
+    rows = [(f"class {label}", sx[sy == label], ux[source == cls], qx[qy == label][:max_queries], "tab:green")
+            for label, cls in enumerate(classes.tolist())]
+    rows += [("distractor", sx[:0], ux[source == cls], qx[:0], "tab:red") for cls in distractors.tolist()]
+    shots, unlabeled = max(len(r[1]) for r in rows), max(len(r[2]) for r in rows)
+    queries = max(len(r[3]) for r in rows)
+    columns = shots + unlabeled + queries
+    fig, axes = plt.subplots(len(rows), columns, figsize=(0.8 * columns, 0.85 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    for r, (name, support, unlabelled, query, colour) in enumerate(rows):
+        axes[r, 0].set_title(name, fontsize=7, loc="left")
+        cells = ([(image, "tab:blue", "solid") for image in support] + [None] * (shots - len(support))
+                 + [(image, colour, "dashed") for image in unlabelled] + [None] * (unlabeled - len(unlabelled))
+                 + [(image, None, None) for image in query])
+        for ax, cell in zip(axes[r], cells):
+            if cell is None:
+                continue
+            image, edge, style = cell
+            ax.axis("on")
+            ax.imshow(image[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+            for spine in ax.spines.values():
+                spine.set_visible(edge is not None)
+                if edge is not None:
+                    spine.set_color(edge)
+                    spine.set_linestyle(style)
+                    spine.set_linewidth(2)
+    fig.suptitle("support (blue), unlabelled of the task's classes (green, dashed), distractors (red, dashed), "
+                 "queries (no frame)", fontsize=8)
     fig.tight_layout()
     return fig

@@ -1,4 +1,5 @@
 import matplotlib.pyplot as plt
+from matplotlib.colors import to_rgba
 import pytest
 import torch
 
@@ -68,3 +69,19 @@ def test_importing_mlkit_does_not_import_pyplot():
     import sys
     code = "import sys, mlkit; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_semi_episode_marks_support_unlabelled_and_distractor_images():
+    dataset = mlkit.data.ClassDataset(torch.randint(0, 255, (60, 1, 6, 6), dtype=torch.uint8),
+                                      torch.arange(6).repeat_interleave(10), list("abcdef"))
+    batch = mlkit.tasks.FewShot(dataset, ways=3, shots=2, queries=3, unlabeled=4, distractors=2).sample(2)
+    fig = mlkit.plot.semi_episode(batch, task=1, max_queries=2)
+    assert len(fig.axes) == (3 + 2) * (2 + 4 + 2)
+    edges = [(ax.spines["left"].get_edgecolor(), ax.spines["left"].get_visible()) for ax in fig.axes if ax.images]
+    blue, green, red = (to_rgba(name) for name in ("tab:blue", "tab:green", "tab:red"))
+    visible = [e for e, shown in edges if shown]
+    assert visible.count(blue) == 3 * 2 and visible.count(green) == 3 * 4 and visible.count(red) == 2 * 4
+    assert len(edges) - len(visible) == 3 * 2, "queries carry no frame"
+    with pytest.raises(ValueError, match="unlabelled images"):
+        mlkit.plot.semi_episode(mlkit.tasks.FewShot(dataset, ways=3, shots=1, queries=1).sample(1))
+    plt.close("all")

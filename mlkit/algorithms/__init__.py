@@ -6,5 +6,6 @@ from .maml import MAML
 from .metasgd import MetaSGD
 from .protonet import ProtoNet
 from .reptile import Reptile
+from .semiproto import SemiProtoNet
 
-__all__ = ["MetaLearner", "MAML", "MetaSGD", "Reptile", "ANIL", "JointTraining", "ProtoNet"]
+__all__ = ["MetaLearner", "MAML", "MetaSGD", "Reptile", "ANIL", "JointTraining", "ProtoNet", "SemiProtoNet"]

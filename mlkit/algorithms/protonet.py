@@ -51,10 +51,16 @@ class ProtoNet(MetaLearner):
         """The encoder's embedding ``[n, dim]`` of ``x: [n, *in]`` under ``params``."""
         return self.functional_forward(params, x).flatten(1)
 
+    def task_prototypes(self, params: core.Params, ways: int, support_x: Tensor, support_y: Tensor,
+                        unlabeled_x: Tensor | None = None) -> Tensor:
+        """One task's classifier, the prototypes ``[ways, dim]``: the class means of the embedded support set.
+        ProtoNet ignores ``unlabeled_x``; :class:`mlkit.SemiProtoNet` refines the means with it."""
+        return class_means(self.embed(params, support_x), support_y, ways)
+
     def task_logits(self, params: core.Params, ways: int, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                     unlabeled_x: Tensor | None = None) -> Tensor:
         """The pure per-task map: logits ``[n_query, ways]`` from one task's support set (no task dim)."""
-        prototypes = class_means(self.embed(params, support_x), support_y, ways)
+        prototypes = self.task_prototypes(params, ways, support_x, support_y, unlabeled_x)
         return -squared_distances(self.embed(params, query_x), prototypes)
 
     def _logits(self, batch: TaskBatch, ways: int, batched: bool) -> Tensor:
@@ -98,20 +104,23 @@ class ProtoNet(MetaLearner):
         return F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, inner_lr: float | None = None,
-              differentiable: bool = True) -> dict[str, Tensor]:
+              differentiable: bool = True, unlabeled_x: Tensor | None = None) -> dict[str, Tensor]:
         """The task → classifier map: ``{"prototypes": [ways, dim]}``, the class means of the embedded support set.
 
         Args:
             support_x: ``[n, *in]``; support_y: ``[n]`` labels ``0..ways-1``, every class present.
+            unlabeled_x: ``[m, *in]``, the task's unlabelled inputs (used by :class:`mlkit.SemiProtoNet`).
         """
         _no_steps(steps)
         if inner_lr is not None:
             raise ValueError("ProtoNet has no inner learning rate: its map from support set to classifier is the class means")
         self.check_task(support_x)
+        if unlabeled_x is not None:
+            self.check_task(unlabeled_x, name="unlabeled")
         ways = int(support_y.max()) + 1
         checks.check_targets(support_y[None], (ways,), True, "support_y")
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            return {"prototypes": class_means(self.embed(self.params(), support_x), support_y, ways)}
+            return {"prototypes": self.task_prototypes(self.params(), ways, support_x, support_y, unlabeled_x)}
 
     def predict(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """Logits ``[n, ways]``: minus the squared Euclidean distance of each embedded ``x: [n, *in]`` to each prototype."""

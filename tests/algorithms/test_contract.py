@@ -27,6 +27,9 @@ ALGORITHMS = {
     "anil-fo": Spec(lambda model, loss: mlkit.ANIL(model, loss, inner_lr=0.1, inner_steps=2, first_order=True)),
     "joint": Spec(lambda model, loss: mlkit.JointTraining(model, loss, inner_lr=0.1, inner_steps=2), zero_steps="pooled"),
     "protonet": Spec(lambda model, loss: mlkit.ProtoNet(model), regression=False, zero_steps="none"),
+    "protonet-soft-kmeans": Spec(lambda model, loss: mlkit.SemiProtoNet(model, "soft_kmeans"), regression=False, zero_steps="none"),
+    "protonet-cluster": Spec(lambda model, loss: mlkit.SemiProtoNet(model, "soft_kmeans_cluster"), regression=False, zero_steps="none"),
+    "protonet-masked": Spec(lambda model, loss: mlkit.SemiProtoNet(model, "masked_soft_kmeans"), regression=False, zero_steps="none"),
 }
 CLASSIFIERS = list(ALGORITHMS)
 REGRESSORS = [name for name, spec in ALGORITHMS.items() if spec.regression]
@@ -43,11 +46,12 @@ def conv_classifier(ways=3, dropout=False, frozen=False, norm=mlkit.models.Batch
 
 
 def image_episodes(tasks=3, ways=3, shots=2, queries=2, seed=0, dtype=torch.float64):
+    """Episodes with 4 unlabelled images per task, which algorithms without a use for them ignore."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(tasks, ways * (shots + queries), 1, 6, 6, generator=g, dtype=dtype)
+    x = torch.randn(tasks, ways * (shots + queries) + 4, 1, 6, 6, generator=g, dtype=dtype)
     y = torch.stack([torch.randperm(ways, generator=g).repeat(shots + queries) for _ in range(tasks)])
-    n = ways * shots
-    return mlkit.TaskBatch(x[:, :n], y[:, :n], x[:, n:], y[:, n:])
+    n, m = ways * shots, ways * (shots + queries)
+    return mlkit.TaskBatch(x[:, :n], y[:, :n], x[:, n:m], y[:, n:], unlabeled_x=x[:, m:])
 
 
 class Blobs:
@@ -89,7 +93,7 @@ def test_every_meta_parameter_receives_a_finite_nonzero_gradient(name):
     algo = ALGORITHMS[name].make(conv_classifier(), "cross_entropy")
     algo.meta_loss(image_episodes(dtype=torch.float32)).backward()
     for param_name, p in algo.named_parameters():
-        if name == "protonet" and param_name.startswith("model.10."):
+        if name.startswith("protonet") and param_name.startswith("model.10."):
             continue  # the last layer's bias shifts every embedding alike, so distances ignore it
         if param_name in ("model.0.bias", "model.3.bias"):
             continue  # a conv bias right before batch norm cancels out: its true gradient is zero
@@ -164,7 +168,7 @@ def test_dropout_and_frozen_parameters_are_served(name):
 @parametrize(CLASSIFIERS)
 def test_bad_arguments_raise_value_error_before_any_work(name):
     spec = ALGORITHMS[name]
-    if name != "protonet":
+    if not name.startswith("protonet"):
         with pytest.raises(ValueError, match="unknown loss"):
             spec.make(conv_classifier(), "hinge")
         with pytest.raises(ValueError, match="inner_steps"):
