@@ -62,7 +62,7 @@ REFERENCES = [
 ]
 REPTILE_INNER_LR = 0.1
 REPTILE_TRAIN_SHOTS = 10   # the paper's --train-shots: more inner-loop data per class in meta-training
-TEST_TASKS, TEST_QUERIES, VAL_TASKS, SEED = 600, 15, 100, 0
+TEST_TASKS, TEST_QUERIES, VAL_TASKS, SEED = 600, 15, 50, 0
 
 
 def settings(algorithm: str, ways: int) -> dict:
@@ -113,11 +113,11 @@ def run(algorithm: str, config: str, protocol: str, minutes: float, iterations: 
     started = [curve[-1][0] if curve else 0.0]
 
     def on_step(step: mlkit.Step) -> None:
-        """Evaluate on the validation characters ten times per run (not counted in the budget)."""
+        """Evaluate on the validation characters five times per run and at its start (not counted in the budget)."""
         started[0] = step.seconds
         total, position = (budget, step.seconds) if budget else (iterations, step.iteration)
         last = (curve[-1][0] if budget else curve[-1][2]) if curve else -total
-        if position - last >= total / 10 or step.iteration == iterations:
+        if position - last >= total / 5 or step.iteration == iterations:
             accuracy, _ = mlkit.evaluate(algo, validation, tasks=VAL_TASKS, steps=s["test_steps"], seed=SEED + 7)
             curve.append((step.seconds, accuracy, step.iteration))
             write_atomic(curve_path, json.dumps(curve))
