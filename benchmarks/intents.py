@@ -32,6 +32,7 @@ queries) to maximise their mean.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -53,13 +54,13 @@ CELLS = ((5, 1), (5, 5), (15, 5))
 QUERIES, OOS_PER_EPISODE, VAL_TASKS, BLOCK = 15, 50, 200, 100
 DIM, HIDDEN = 64, [128]
 MAML_INNER_LR, MAML_STEPS = 0.5, 5
-# Published figures with pretrained language models, for context only (different protocol: see PUBLISHED_NOTE).
+# A published figure with a pretrained language model, for context only: another protocol (see the source).
 PUBLISHED = [
-    {"source": "Zhang et al., 2020 (DNNC, EMNLP), Table 2", "setting": "CLINC150, 5-shot, all 150 intents at once "
-     "(150-way), RoBERTa-base pretrained on NLI data, in-scope accuracy", "figure": "~91% (DNNC); ~86% for "
-     "a RoBERTa classifier fine-tuned on the 5 examples"},
-    {"source": "Larson et al., 2019 (CLINC150, EMNLP), Table 2", "setting": "CLINC150, full training data (100 "
-     "queries per intent), BERT-large, 150-way", "figure": "96.2% in-scope accuracy"},
+    {"source": "Zhang et al., 2020 (DNNC, EMNLP), example run in the README of the authors' code "
+               "(salesforce/DNNC-few-shot-intent)",
+     "setting": "CLINC150 banking domain alone (15 intents, 5-shot), RoBERTa-base pretrained on NLI data and "
+                "fine-tuned as a pairwise nearest-neighbour classifier, validation set, 5 trials, best threshold",
+     "figure": "in-domain accuracy 91.9% (std 2.8), out-of-scope recall 97.6% (std 0.9)"},
 ]
 NAMES = {"protonet": "ProtoNet", "maml": "MAML (first order)", "maml2": "MAML (second order)",
          "joint": "joint training + fine-tuned head", "tfidf_lr": "TF-IDF + logistic regression",
@@ -229,7 +230,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=2.0, help="CPU-minutes of training per algorithm and cell")
     parser.add_argument("--tasks", type=int, default=600, help="test episodes per cell")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite intents.md and intents.png from intents.json (and the quoted figures)")
     args = parser.parse_args()
+    if args.report_only:
+        summary = json.loads((RESULTS / "intents.json").read_text())
+        summary["published"] = PUBLISHED
+        write_json(RESULTS / "intents.json", summary)
+        write_markdown(summary)
+        plot(summary)
+        return
     torch.set_num_threads(1)
     began_wall, began_cpu = time.perf_counter(), time.process_time()
     data, tokenizer, enc, oos = load()
