@@ -1,6 +1,6 @@
 """Few-shot intent detection on CLINC150, with out-of-scope queries: meta-learning against per-task baselines.
 
-    python benchmarks/intents.py                  # every cell, 2 CPU-minutes of training per algorithm and cell
+    python benchmarks/intents.py                  # every cell, 1 CPU-minute of training per algorithm and cell
     python benchmarks/intents.py --minutes 0.1 --tasks 50    # a quick check of the whole pipeline
 
 Data: CLINC150 (Larson et al., 2019), the 10 domains shuffled with seed 0 into 6 meta-train, 1 validation and 3
@@ -228,7 +228,7 @@ def head_model(joint_body, ways):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=2.0, help="CPU-minutes of training per algorithm and cell")
+    parser.add_argument("--minutes", type=float, default=1.0, help="CPU-minutes of training per algorithm and cell")
     parser.add_argument("--tasks", type=int, default=600, help="test episodes per cell")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite intents.md and intents.png from intents.json (and the quoted figures)")
