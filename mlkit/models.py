@@ -110,3 +110,68 @@ class Conv4(nn.Module):
         h = self.features(x)
         h = h.mean((2, 3)) if self.variant == "strided" else h.flatten(1)
         return h if self.head is None else self.head(h)
+
+
+class TextEncoder(nn.Module):
+    """A small text encoder trained from scratch: the masked mean of token embeddings (an embedding bag), then
+    an MLP; with a head it is a classifier.
+
+    Input ``[n, length]`` int64 token ids padded with 0 (:meth:`mlkit.data.HashedNgrams.encode`); padding is
+    masked out of the mean, and a text with no known token embeds as the MLP's output on zeros. Output
+    ``[n, ways]`` logits with a head, or the ``[n, out_features]`` embedding without one (Prototypical
+    Networks). Every step is a plain tensor operation, so MAML's batched path (``vmap`` over tasks) runs it.
+
+    Args:
+        vocab_size: rows of the embedding table (the tokenizer's ``vocab_size``, padding included).
+        dim: embedding width; hidden: widths of the MLP's hidden layers; out_features: embedding width out
+            (default: the last hidden width, or ``dim`` with no hidden layer).
+        ways: classes out, or ``None`` for the encoder alone.
+        dropout: dropout on the bag of embeddings while training.
+    Reference: the embedding bag of fastText (Joulin et al., "Bag of Tricks for Efficient Text
+    Classification", EACL 2017) as encoder of Prototypical Networks and MAML.
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 64, hidden: list[int] | tuple[int, ...] = (128,),
+                 out_features: int | None = None, ways: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must count padding (id 0) and at least one token, got {vocab_size}")
+        hidden = list(hidden)
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise ValueError(f"hidden must be positive widths, got {hidden!r}")
+        if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int) or ways <= 0):
+            raise ValueError(f"ways must be a positive number of classes, or None for the encoder alone, got {ways!r}")
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.dropout = nn.Dropout(dropout)
+        layers: list[nn.Module] = []
+        width = dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        if out_features is not None:
+            if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
+                raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+            layers.append(nn.Linear(width, out_features))
+            width = out_features
+        self.mlp = nn.Sequential(*layers)
+        self.out_features = width
+        self.head = None if ways is None else nn.Linear(width, ways)
+
+    def bag(self, ids: Tensor) -> Tensor:
+        """The masked mean embedding ``[n, dim]`` of ``ids [n, length]`` (padding 0 left out)."""
+        if ids.dtype != torch.long:
+            raise ValueError(f"TextEncoder takes int64 token ids [n, length], got {ids.dtype}; encode texts with "
+                             "mlkit.data.HashedNgrams")
+        mask = (ids != 0).to(self.embedding.weight.dtype)
+        summed = (self.embedding(ids) * mask[..., None]).sum(-2)
+        return summed / mask.sum(-1, keepdim=True).clamp(min=1)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.mlp(self.dropout(self.bag(ids)))
+        return h if self.head is None else self.head(h)

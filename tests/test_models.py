@@ -58,3 +58,67 @@ def test_conv4_variants_shapes(variant, filters, size, channels):
 def test_conv4_rejects_unknown_variant():
     with pytest.raises(ValueError, match="variant"):
         mlkit.models.Conv4(variant="resnet")
+
+
+def text_episodes(tasks=3, ways=3, shots=2, queries=2, vocab=40, length=7, seed=0):
+    """Random padded token-id episodes: every text has 1..length ids, padded with 0."""
+    g = torch.Generator().manual_seed(seed)
+    n = ways * (shots + queries)
+    ids = torch.randint(1, vocab, (tasks, n, length), generator=g)
+    lengths = torch.randint(1, length + 1, (tasks, n, 1), generator=g)
+    ids = ids.masked_fill(torch.arange(length) >= lengths, 0)
+    y = torch.arange(ways).repeat_interleave(shots + queries).expand(tasks, -1)
+    support = torch.arange(n) % (shots + queries) < shots
+    return mlkit.tasks.TaskBatch(ids[:, support], y[:, support], ids[:, ~support], y[:, ~support])
+
+
+def test_text_encoder_shapes_and_padding_is_masked_out():
+    torch.manual_seed(0)
+    encoder = mlkit.models.TextEncoder(50, dim=8, hidden=[16])
+    assert encoder(torch.tensor([[3, 4, 0]])).shape == (1, 16) and encoder.out_features == 16
+    short, padded = torch.tensor([[3, 4]]), torch.tensor([[3, 4, 0, 0, 0]])
+    torch.testing.assert_close(encoder(short), encoder(padded))  # padding changes nothing
+    assert not torch.allclose(encoder(torch.tensor([[3, 4]])), encoder(torch.tensor([[3, 5]])))
+    classifier = mlkit.models.TextEncoder(50, dim=8, hidden=[], out_features=6, ways=4)
+    assert classifier(torch.tensor([[1, 2], [0, 0]])).shape == (2, 4)  # a text with no ids still gets logits
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(vocab_size=1), "vocab_size"), (dict(dim=0), "dim"),
+                                           (dict(hidden=[0]), "hidden"), (dict(ways=0), "ways"),
+                                           (dict(dropout=1.0), "dropout"), (dict(out_features=0), "out_features")])
+def test_text_encoder_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mlkit.models.TextEncoder(**{"vocab_size": 10, **kwargs})
+
+
+def test_text_encoder_rejects_float_inputs():
+    with pytest.raises(ValueError, match="int64 token ids"):
+        mlkit.models.TextEncoder(10)(torch.rand(2, 3))
+
+
+def test_text_encoder_protonet_batched_equals_loop(float64):
+    torch.manual_seed(0)
+    proto = mlkit.ProtoNet(mlkit.models.TextEncoder(40, dim=6, hidden=[8]))
+    batch = text_episodes()
+    batched, loop = proto.meta_loss(batch), proto.meta_loss(batch, batched=False)
+    torch.testing.assert_close(batched, loop)
+    params = list(proto.parameters())
+    torch.testing.assert_close(torch.cat([g.flatten() for g in torch.autograd.grad(batched, params)]),
+                               torch.cat([g.flatten() for g in torch.autograd.grad(loop, params)]))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_text_encoder_maml_batched_equals_loop(float64, first_order):
+    torch.manual_seed(0)
+    maml = mlkit.MAML(mlkit.models.TextEncoder(40, dim=6, hidden=[8], ways=3), "cross_entropy", inner_lr=0.5,
+                      inner_steps=2, first_order=first_order)
+    batch = text_episodes()
+    batched, loop = maml.meta_loss(batch), maml.meta_loss(batch, batched=False)
+    torch.testing.assert_close(batched, loop)
+    params = list(maml.parameters())
+    grads = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]) for loss in (batched, loop)]
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0][:40 * 6].abs().sum() > 0  # the embedding table is meta-learned too
+    torch.testing.assert_close(maml.query_predictions(batch), torch.stack(
+        [maml.predict(maml.adapt(sx, sy, differentiable=False), qx) for sx, sy, qx in
+         zip(batch.support_x, batch.support_y, batch.query_x)]))
