@@ -45,15 +45,19 @@ def _check_theta(theta: Tensor, dim: int) -> None:
 class Quadratic:
     """Random quadratics ``f(theta) = ||W theta - y||^2`` with ``W [dim, dim]`` and ``y [dim]`` standard normal.
 
-    Starting points are ``N(0, 0.01^2)`` as in the reference code of Andrychowicz et al. (2016).
+    Starting points are ``N(0, 0.01^2)`` as in the reference code of Andrychowicz et al. (2016). With
+    ``noise > 0`` every evaluation sees ``y + noise * eps``, ``eps`` standard normal and fresh at each call
+    (from the generator): a stochastic problem whose gradients are noisy, as a minibatch's are.
     """
 
     name = "quadratic"
 
-    def __init__(self, dim: int = 10, init_std: float = 0.01):
+    def __init__(self, dim: int = 10, init_std: float = 0.01, noise: float = 0.0):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        self.dim, self.init_std = dim, float(init_std)
+        if not noise >= 0:
+            raise ValueError(f"noise must be non-negative, got {noise!r}")
+        self.dim, self.init_std, self.noise = dim, float(init_std), float(noise)
 
     def sample(self, tasks: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> Optimizees:
@@ -70,11 +74,17 @@ class Quadratic:
         return ((w @ theta - y) ** 2).sum()
 
     def loss(self, theta: Tensor, data: dict, generator: torch.Generator | None = None) -> Tensor:
-        """Losses ``[B]`` of ``theta [B, dim]`` (deterministic: ``generator`` is unused)."""
+        """Losses ``[B]`` of ``theta [B, dim]`` (``generator`` draws the noise, if any)."""
+        _check_theta(theta, self.dim)
+        y = data["y"]
+        if self.noise > 0:
+            y = y + self.noise * torch.randn(y.shape, generator=generator).to(y.device)
+        return vmap(self.loss_one)(theta, data["W"], y)
+
+    def full_loss(self, theta: Tensor, data: dict, generator: torch.Generator | None = None) -> Tensor:
+        """Noise-free losses ``[B]``."""
         _check_theta(theta, self.dim)
         return vmap(self.loss_one)(theta, data["W"], data["y"])
-
-    full_loss = loss
 
 
 def digits_data(flat: bool = True) -> tuple[Tensor, Tensor]:

@@ -111,8 +111,8 @@ def meta_train(config: TrainConfig, family=None, params: lstm.Params | None = No
     """Meta-train a rule on ``config.family`` (or ``family``) by truncated BPTT with Adam.
 
     Each iteration draws ``population`` fresh optimisees and optimises them for ``horizon`` steps in
-    unrolls of ``unroll``; each unroll's mean loss (the trajectory sum, averaged over steps and problems)
-    gives one Adam step on the rule's weights (gradient norm clipped at ``clip``). An unroll whose loss is
+    unrolls of ``unroll``; each unroll's mean loss ``f(theta_{s+1}) .. f(theta_{s+K})`` (the trajectory sum,
+    averaged over steps and problems) gives one Adam step on the rule's weights (gradient norm clipped at ``clip``). An unroll whose loss is
     not finite is skipped and its trajectory abandoned. Everything random comes from a generator seeded
     with ``config.seed``.
 
@@ -140,7 +140,9 @@ def meta_train(config: TrainConfig, family=None, params: lstm.Params | None = No
         theta, state = problems.theta, init_state(params, problems.theta.numel())
         for _ in range(config.horizon // config.unroll):
             run = rollout(params, family, theta, problems.data, config.unroll, state, generator, rule, track=True)
-            loss = run.losses.mean()
+            # the unroll's losses f(theta_{s+1}) .. f(theta_{s+K}): every one depends on the rule's weights
+            end = family.loss(run.theta, problems.data, generator)
+            loss = torch.cat([run.losses[:, 1:], end[:, None]], 1).mean()
             if not torch.isfinite(loss):
                 history["skipped"] += 1
                 break
@@ -167,3 +169,37 @@ def lr_rule(params: dict, grad: Tensor, state):
 def no_state(params: dict, coordinates: int):
     """The empty state of a stateless rule."""
     return ()
+
+
+def truncated_meta_gradient(params: dict, family, problems: optimizees.Optimizees, horizon: int, unroll: int,
+                            generator: torch.Generator | None = None, rule: Rule = lstm.step,
+                            init_state: Callable | None = None) -> dict:
+    """The meta-gradient that truncated BPTT follows, with the rule's weights held fixed along one horizon.
+
+    The horizon is cut into unrolls of ``unroll`` steps; each unroll's mean loss ``f(theta_{s+1}) ..
+    f(theta_{s+K})`` is differentiated with ``theta_s`` and the rule's state treated as constants, and the
+    gradients are averaged over the unrolls. With ``unroll == horizon`` this is the full gradient of the
+    meta-objective; shorter unrolls ignore how the weights moved ``theta_s``: the truncation bias.
+
+    Args:
+        params: the rule's weights (``name -> tensor``). problems: a population from ``family.sample``.
+        horizon, unroll: steps in all and per unroll (``horizon % unroll == 0``).
+
+    Returns:
+        ``name -> tensor``: the averaged gradient, shaped like ``params``.
+    """
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1 or horizon % unroll:
+        raise ValueError(f"unroll must be a positive int dividing horizon, got unroll={unroll!r}, horizon={horizon!r}")
+    init_state = init_state or lstm.initial_state
+    params = {n: p.detach().clone().requires_grad_() for n, p in params.items()}
+    theta, state = problems.theta, init_state(params, problems.theta.numel())
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for _ in range(horizon // unroll):
+        run = rollout(params, family, theta, problems.data, unroll, state, generator, rule, track=True)
+        end = family.loss(run.theta, problems.data, generator)
+        loss = torch.cat([run.losses[:, 1:], end[:, None]], 1).mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        for (n, _), g in zip(params.items(), grads):
+            total[n] += g / (horizon // unroll)
+        theta, state = run.theta.detach(), detach_state(run.state)
+    return total
