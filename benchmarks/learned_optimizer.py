@@ -16,11 +16,15 @@ same starting points and the same minibatches. Reported: the mean loss along the
 mean over problems with a 95% normal confidence interval. Speed: the wall time of one ``optimizer.step()``
 of ``LearnedOptimizer`` and of ``torch.optim.Adam`` on the same single network (median of 200 steps).
 
+Each row is cached under benchmarks/checkpoints/learned_optimizer/, so rows can run in parallel processes
+(``--rows wide --rows-only``) and a final run without ``--rows-only`` writes the report.
+
 Outputs: benchmarks/results/learned_optimizer.json, .md and .png.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -31,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
 from mlkit.optim import LearnedOptimizer, load_params, optimizees, train  # noqa: E402
 
 HORIZON = 100
@@ -47,7 +51,7 @@ ROWS = {  # row -> (family, shipped weights, kind)
 }
 BASELINES = {"sgd": "SGD", "nesterov": "SGD + Nesterov (0.9)", "rmsprop": "RMSprop", "adam": "Adam"}
 LABELS = {"learned": "learned (LSTM)", **BASELINES}
-LR_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0]
+LR_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
 
 def make_optimizer(name: str, theta: torch.Tensor, lr: float) -> torch.optim.Optimizer:
@@ -129,7 +133,7 @@ def evaluate_row(row: str, problems_n: int, heldout_n: int, steps: int, log) -> 
         else:
             losses, theta = run_baseline(method, tuned[method]["lr"], family, fresh, steps, seed=2001)
         diverged = int((~np.isfinite(losses)).any(1).sum())
-        losses = clean(losses)
+        losses = clean(losses.astype(np.float64))
         # the loss at step m is f(theta_m): the recorded loss before update m+1, or the final one at the end
         at = {}
         for m in marks:
@@ -138,7 +142,7 @@ def evaluate_row(row: str, problems_n: int, heldout_n: int, steps: int, log) -> 
             else:
                 end = final_losses(family, theta, fresh.data) if family_name != "quadratic" else \
                     family.loss(theta, fresh.data).numpy()
-                at[m] = clean(end)
+                at[m] = clean(end.astype(np.float64))
         out["methods"][method] = {
             "trajectory_mean": {str(m): ci(losses[:, :m].mean(1)) for m in marks},
             "loss_at": {str(m): ci(at[m]) for m in marks},
@@ -241,7 +245,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2 * HORIZON)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--timing-repeats", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="8 problems, 20 steps; writes nothing")
+    parser.add_argument("--quick", action="store_true", help="8 problems, 20 steps; writes nothing to results/")
+    parser.add_argument("--rows-only", action="store_true", help="compute and cache --rows, write no report")
+    parser.add_argument("--report-only", action="store_true", help="use cached rows only, compute none")
     args = parser.parse_args()
     if min(args.problems, args.heldout, args.steps, args.timing_repeats) < 2:
         parser.error("--problems, --heldout, --steps and --timing-repeats must be at least 2")
@@ -256,8 +262,21 @@ def main() -> None:
     summary = {"rows": {}, "labels": LABELS, "horizon": HORIZON, "lr_grid": LR_GRID,
                "settings": {"problems": args.problems, "heldout": args.heldout, "steps": args.steps,
                             "tuning_steps": HORIZON, "batch": 128, "seeds": {"heldout": 1000, "fresh": 2000}}}
-    for row in args.rows:
+    folder = CHECKPOINTS / "learned_optimizer" / ("quick" if args.quick else "full")
+    for row in args.rows:  # each row is cached, so rows can run in separate processes and a run resumes
+        path = folder / f"{row}-{args.problems}x{args.steps}-heldout{args.heldout}.json"
+        if path.exists():
+            summary["rows"][row] = json.loads(path.read_text())
+            continue
+        if args.report_only:
+            continue
         summary["rows"][row] = evaluate_row(row, args.problems, args.heldout, args.steps, log)
+        write_json(path, summary["rows"][row])
+    if args.rows_only:
+        return
+    missing = [row for row in ROWS if row not in summary["rows"]]
+    if missing:
+        raise SystemExit(f"rows not computed yet: {missing}")
     summary["speed"] = [step_time(name, "mlp", args.timing_repeats) for name in ("mlp", "wide")]
     summary["verdicts"] = verdicts(summary)
     summary.update(machine=machine(), shared_machine=True, minutes=(time.perf_counter() - began) / 60,
