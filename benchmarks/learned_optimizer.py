@@ -285,7 +285,8 @@ def main() -> None:
                    records={name: load_params(name)[1]["heldout"] for name in ("mlp", "quadratic")})
     speed = "; ".join(f"{s['family']} ({s['parameters']} parameters): learned {s['learned_s'] * 1e3:.2f} ms, Adam "
                       f"{s['adam_s'] * 1e3:.3f} ms per step, ratio {s['ratio']:.0f}×" for s in summary["speed"])
-    verdict = "; ".join(f"{row}: {v['100']['learned_vs_best']} than {LABELS[v['100']['best_baseline']]} at 100, "
+    verdict = "; ".join(f"{row}: {v['100']['learned_vs_best']} {'with' if v['100']['learned_vs_best'] == 'tie' else 'than'} "
+                        f"{LABELS[v['100']['best_baseline']]} at 100, "
                         f"{v['200']['learned_vs_best'] if '200' in v else '—'} at 200"
                         for row, v in summary["verdicts"].items() if "100" in v)
     text = (table(summary) + f"\n\nMean over {args.problems} fresh problems per row, ± 95% CI. Mean loss along the "
