@@ -1,16 +1,13 @@
 """CLINC150 (Larson et al., EMNLP 2019): 150 intents of a task-oriented assistant in 10 domains, and out-of-scope queries."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import torch
 
+from .download import fetch
 from .text import TextDataset
 
 _URL = "https://raw.githubusercontent.com/clinc/oos-eval/828f8093/data/"
@@ -131,22 +128,4 @@ def _download(root: Path) -> None:
     for name, (url, sha256) in RELEASE.items():
         if (root / name).is_file():
             continue
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as file, urllib.request.urlopen(url, timeout=60) as response:
-                while chunk := response.read(1 << 20):
-                    file.write(chunk)
-                    digest.update(chunk)
-            if digest.hexdigest() != sha256:
-                raise ValueError(f"downloaded {url} has sha256 {digest.hexdigest()}, expected {sha256}; the download "
-                                 f"is corrupt or the release changed. Try again, or put {name} in {root} by hand")
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the file is plain public data
-            os.replace(tmp, root / name)
-        except urllib.error.URLError as error:
-            Path(tmp).unlink(missing_ok=True)
-            raise ConnectionError(f"cannot download {url} ({error.reason}); put {name} in {root} by hand") from error
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        fetch(url, root / name, "sha256", sha256, progress=False)

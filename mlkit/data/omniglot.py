@@ -5,8 +5,6 @@ import hashlib
 import io
 import os
 import tempfile
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
@@ -16,6 +14,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .dataset import ClassDataset
+from .download import fetch
 
 _URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 # The official archives and their md5, as torchvision's Omniglot dataset checks them.
@@ -225,25 +224,4 @@ def _download(root: Path, progress: bool) -> None:
     for name, (url, md5) in RELEASE.items():
         if (root / name).is_file() or (root / name.removesuffix(".zip")).is_dir():
             continue
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
-        try:
-            digest = hashlib.md5(usedforsecurity=False)
-            with os.fdopen(fd, "wb") as file, urllib.request.urlopen(url, timeout=60) as response, \
-                    tqdm(total=int(response.headers.get("Content-Length") or 0) or None, desc=name, unit="B",
-                         unit_scale=True, disable=not progress) as bar:
-                while chunk := response.read(1 << 20):
-                    file.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            if digest.hexdigest() != md5:
-                raise ValueError(f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}; the download is "
-                                 f"corrupt or the release changed. Try again, or put {name} in {root} by hand")
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the archive is plain public data
-            os.replace(tmp, root / name)
-        except urllib.error.URLError as error:
-            Path(tmp).unlink(missing_ok=True)
-            raise ConnectionError(f"cannot download {url} ({error.reason}); put {name} in {root} by hand") from error
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        fetch(url, root / name, "md5", md5, progress=progress)
