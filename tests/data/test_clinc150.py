@@ -1,9 +1,6 @@
-import functools
 import hashlib
-import http.server
 import json
 import os
-import threading
 import zlib
 from pathlib import Path
 
@@ -70,19 +67,12 @@ def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, serve_folder):
     """A local HTTP server on 127.0.0.1 serving the fake files; yields its base URL and folder."""
     folder = fake_files(tmp_path / "served")
+    with serve_folder(folder) as base:
+        yield base, folder
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/", folder
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def point_release_at(monkeypatch, base, folder, wrong=()):

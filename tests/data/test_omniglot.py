@@ -1,9 +1,6 @@
-import functools
 import hashlib
-import http.server
 import io
 import os
-import threading
 import zipfile
 from pathlib import Path
 
@@ -217,20 +214,12 @@ def test_corrupt_archive_raises_and_does_not_poison_the_next_load(tmp_path, cach
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, serve_folder):
     """A local HTTP server on 127.0.0.1 serving the good fake archives; yields its base URL."""
     folder = make_root(tmp_path / "served")
+    with serve_folder(folder) as base:
+        yield base, folder
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/", folder
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def point_release_at(monkeypatch, base, folder, wrong_md5=()):
