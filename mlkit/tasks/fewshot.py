@@ -95,7 +95,7 @@ class FewShot:
         """Draw ``tasks`` episodes, deterministic under ``generator``."""
         positive_int("tasks", tasks)
         ds, ways, labeled_per_class, m = self.dataset, self.ways, self.shots + self.queries, self.unlabeled
-        chosen = torch.rand(tasks, ds.num_classes, generator=generator).argsort(1)[:, :ways + self.distractors]
+        chosen = _smallest(torch.rand(tasks, ds.num_classes, generator=generator), ways + self.distractors)
         classes, distractors = chosen[:, :ways], chosen[:, ways:]                              # [tasks, ways], [tasks, H]
         if self.pools is None:
             # Support, query and unlabelled images of a task class: distinct images of that class.
@@ -146,6 +146,20 @@ def _count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return value
+
+
+def _smallest(keys: Tensor, k: int) -> Tensor:
+    """``keys.argsort(-1)[..., :k]``, exactly, from a top-k: the full sort of thousands of class keys was most of
+    a meta-batch's sampling time. Rows whose k + 1 smallest keys are not all distinct (a tie could be ordered
+    either way) fall back to argsort."""
+    if k >= keys.shape[-1]:
+        return keys.argsort(-1)[..., :k]
+    values, smallest = keys.topk(k + 1, -1, largest=False, sorted=True)
+    smallest = smallest[..., :k]
+    tied = (values[..., 1:] == values[..., :-1]).any(-1)
+    if tied.any():
+        smallest[tied] = keys[tied].argsort(-1)[..., :k]
+    return smallest
 
 
 def _pick(members: Tensor, n: int, generator: torch.Generator | None) -> Tensor:

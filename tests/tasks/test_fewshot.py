@@ -124,3 +124,13 @@ def test_meta_training_on_digits_beats_the_untrained_model_on_held_out_digits(al
     after, ci95 = mlkit.evaluate(algo, family, tasks=200, steps=1)
     # chance is 33%; measured over seeds 0-2: 51-56% before, 85-90% after
     assert after > before + 20 and after - ci95 > 75
+
+
+@pytest.mark.parametrize("levels", [None, 2**16, 64])
+def test_class_choice_is_exactly_the_argsort_prefix_even_with_tied_keys(levels):
+    from mlkit.tasks.fewshot import _smallest
+    keys = torch.rand(64, 1200, generator=torch.Generator().manual_seed(levels or 0))
+    if levels is not None:  # coarse keys: many rows tie among their smallest entries
+        keys = (keys * levels).floor() / levels
+    for k in (1, 5, 21, 1200):
+        assert torch.equal(_smallest(keys, k), keys.argsort(-1)[..., :k])
