@@ -1,6 +1,7 @@
 """Shared helpers for the benchmark scripts: machine description, atomic JSON, markdown tables."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -38,6 +39,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, rows) -> None:
     write_atomic(path, json.dumps(rows, indent=2) + "\n")
+
+
+def update_json(path: Path, change, empty):
+    """Read ``path`` (``empty`` when absent), apply ``change`` and write the result atomically, all under a lock
+    file beside it, so that several runs of a benchmark can share one results file; returns the new content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        content = change(json.loads(path.read_text()) if path.exists() else empty)
+        write_json(path, content)
+    return content
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -31,7 +31,6 @@ checkpoints under benchmarks/checkpoints/omniglot/.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import sys
 import time
@@ -43,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlkit  # noqa: E402
-from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from common import CHECKPOINTS, RESULTS, machine, markdown_table, update_json, write_atomic  # noqa: E402
 
 CONFIGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 ALGORITHMS = ("maml", "maml-fo", "meta-sgd", "reptile", "anil")
@@ -205,14 +204,11 @@ def replace_row(rows: list[dict], row: dict) -> list[dict]:
 
 def update(change) -> dict:
     """Read, change and write the results under a lock, so that several runs of this script can share the file."""
-    path = RESULTS / "omniglot.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        results = change(json.loads(path.read_text()) if path.exists() else {"rows": [], "speed": []})
-        write_json(path, results)
+    def change_and_report(results):
+        results = change(results)
         write_atomic(RESULTS / "omniglot.md", report(results))
-    return results
+        return results
+    return update_json(RESULTS / "omniglot.json", change_and_report, {"rows": [], "speed": []})
 
 
 def report(results: dict) -> str:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlkit  # noqa: E402
 import mlkit.data  # noqa: E402
-from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from common import CHECKPOINTS, RESULTS, machine, markdown_table, update_json, write_atomic, write_json  # noqa: E402
 
 SEED = 0
 RUNS = CHECKPOINTS / "protonet"
@@ -131,10 +131,12 @@ def omniglot(args) -> None:
                    "curve_accuracy": [p[f"{ways}-way"] for p in curve.points],
                    "training": "60-way episodes, 5 queries per class, meta-batch 1, Adam 1e-3 halved every 2,000",
                    "device": "cpu"}
-            rows = [r for r in rows if (r["ways"], r["shots"]) != (ways, shots)] + [row]
-            rows.sort(key=lambda r: (r["shots"], r["ways"]))
-            write_json(path, rows)
-            write_atomic(RESULTS / "protonet.md", omniglot_report(rows))
+            def replace(rows, row=row):
+                rows = [r for r in rows if (r["ways"], r["shots"]) != (row["ways"], row["shots"])] + [row]
+                rows.sort(key=lambda r: (r["shots"], r["ways"]))
+                write_atomic(RESULTS / "protonet.md", omniglot_report(rows))
+                return rows
+            rows = update_json(path, replace, [])  # other shot counts may run in parallel processes
     print(omniglot_report(rows))
 
 
@@ -159,7 +161,6 @@ def omniglot_report(rows) -> str:
 def semi(args) -> None:
     train_split, _, test = mlkit.data.Omniglot().split("maml")
     path = RESULTS / "protonet-semi.json"
-    rows = json.loads(path.read_text()) if path.exists() else []
     tests = {h: mlkit.tasks.FewShot(test, 5, 1, 20 - 1 - SEMI_UNLABELED, unlabeled=SEMI_UNLABELED, distractors=h)
              for h in (0, SEMI_DISTRACTORS)}
     scores_path = RUNS / f"semi-{args.cpu_minutes:g}cpumin.scores.json"
@@ -175,8 +176,9 @@ def semi(args) -> None:
 
     def score(key: str, algo, distractors: int) -> list[float]:
         if key not in scores or args.force:
-            scores[key] = episode_accuracies(algo, tests[distractors])
-            write_json(scores_path, scores)
+            accuracies = episode_accuracies(algo, tests[distractors])
+            # Merged under a lock: runs with different --refinements may score in parallel processes.
+            scores.update(update_json(scores_path, lambda done: {**done, key: accuracies}, {}))
         return scores[key]
 
     supervised, supervised_history = trained(None, 0)
@@ -192,7 +194,7 @@ def semi(args) -> None:
         for h in (0, SEMI_DISTRACTORS):
             algo, history = trained(refinement, h)
             runs.append((refinement, refinement, algo, history, h, score(f"{refinement}-H{h}", algo, h)))
-    baseline = torch.tensor(runs[0][5], dtype=torch.float64)
+    baseline, new = torch.tensor(runs[0][5], dtype=torch.float64), []
     for model, refinement, algo, history, h, accuracies in runs:
         values = torch.tensor(accuracies, dtype=torch.float64)
         gain = values - baseline
@@ -201,12 +203,15 @@ def semi(args) -> None:
                "published": SEMI_PUBLISHED[model][h > 0], "iterations": history.iteration[-1],
                "cpu_minutes": history.seconds / 60, "test_episodes": len(accuracies),
                "distractor_radius": math.exp(algo.log_radius.item()) if hasattr(algo, "log_radius") else None}
-        rows = [r for r in rows if (r["model"], r["distractors"]) != (model, h)] + [row]
+        new.append(row)
     order = ["supervised", "semi-supervised inference", *REFINEMENTS]
-    rows.sort(key=lambda r: (r["distractors"], order.index(r["model"])))
-    write_json(path, rows)
-    write_atomic(RESULTS / "protonet-semi.md", semi_report(rows))
-    print(semi_report(rows))
+
+    def replace(rows):
+        rows = [r for r in rows if (r["model"], r["distractors"]) not in {(n["model"], n["distractors"]) for n in new}]
+        rows = sorted(rows + new, key=lambda r: (r["distractors"], order.index(r["model"])))
+        write_atomic(RESULTS / "protonet-semi.md", semi_report(rows))
+        return rows
+    print(semi_report(update_json(path, replace, [])))
 
 
 def episode_accuracies(algo, family, episodes: int = SEMI_TEST_EPISODES, block: int = 50) -> list[float]:
