@@ -245,7 +245,6 @@ def main():
         plot(summary)
         return
     torch.set_num_threads(1)
-    began_cpu = time.process_time()
     data, tokenizer, enc, oos = load()
     run = f"{args.minutes:g}min"
     rows, curves, training = [], {}, {}
@@ -263,7 +262,11 @@ def main():
         kept = RUNS / f"rows-{ways}w{shots}s-{run}-{args.tasks}.json"
         if f"{ways}w{shots}s" not in wanted or kept.exists():
             continue
-        cell_rows, cell_curves = [], {}
+        # Methods finished in an interrupted run of this cell are kept in a partial file and not run again.
+        partial = kept.with_name(kept.stem + ".partial.json")
+        done = json.loads(partial.read_text()) if partial.exists() else {"rows": [], "curves": {}, "cpu_seconds": 0.0}
+        cell_rows, cell_curves = done["rows"], done["curves"]
+        began_cell = time.process_time() - done["cpu_seconds"]
         within = ways == 15
         methods = {}
         torch.manual_seed(SEED)
@@ -285,6 +288,8 @@ def main():
         methods["tfidf_lr"] = methods["tfidf_nc"] = (None, None, None)
         print(cell, info, flush=True)
         for method, (model, steps_, lr_) in methods.items():
+            if any(r["method"] == method for r in cell_rows):
+                continue
             t0 = time.process_time()
             val = run_method(method, model, enc["val"], ways, shots, VAL_TASKS, SEED + 1, oos["val"], within)
             test = run_method(method, model, enc["test"], ways, shots, args.tasks, 1234, oos["test"], within)
@@ -297,8 +302,13 @@ def main():
                          "eval_cpu_seconds": round(time.process_time() - t0, 1)})
             print(cell, NAMES[method], f"{result['accuracy']['mean']:.2f} ± {result['accuracy']['ci95']:.2f}",
                   f"AUROC {result['auroc']['mean']:.3f}", f"eval {time.process_time() - t0:.0f} CPU-s", flush=True)
+            write_json(partial, {"rows": cell_rows, "curves": cell_curves,
+                                 "cpu_seconds": time.process_time() - began_cell})
+        order = list(methods)
+        cell_rows.sort(key=lambda r: order.index(r["method"]))
         write_json(kept, {"rows": cell_rows, "curves": cell_curves,
-                          "cpu_minutes": round((time.process_time() - began_cpu) / 60, 1)})
+                          "cpu_minutes": round((time.process_time() - began_cell) / 60, 1)})
+        partial.unlink()
 
     parts = {f"{w}-way {k}-shot": RUNS / f"rows-{w}w{k}s-{run}-{args.tasks}.json" for w, k in CELLS}
     missing = [cell for cell, path in parts.items() if not path.exists()]
