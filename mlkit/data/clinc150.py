@@ -10,7 +10,7 @@ import torch
 from .download import fetch
 from .text import TextDataset
 
-_URL = "https://raw.githubusercontent.com/clinc/oos-eval/828f8093/data/"
+_URL = "https://raw.githubusercontent.com/clinc/oos-eval/828f8093932c8fe6ca7936c3d2e52903b1c523de/data/"
 # The authors' files and their sha256 (README of the data folder).
 RELEASE = {
     "data_full.json": (_URL + "data_full.json", "36923c3705a59e08fe9c3883d8bc2dd966ef93e22cb78ac41171782a698d56e0"),
