@@ -309,24 +309,25 @@ def speed(args) -> None:
         if PrototypicalClassifier is not None:
             peers["learn2learn PrototypicalClassifier"] = l2l_step
         reference = _loss_and_grads(mlkit_step, params)
+        agreement = {}
         for peer, step in peers.items():
             loss, grads = _loss_and_grads(step, params)
             loss_error = abs(loss - reference[0]) / abs(reference[0])
             grad_error = (_flat(grads) - _flat(reference[1])).norm().item() / _flat(reference[1]).norm().item()
             if loss_error > 1e-5 or grad_error > 1e-4:
                 raise AssertionError(f"{peer} disagrees with mlkit on {name}: loss {loss_error:.1e}, grad {grad_error:.1e}")
-            ms = _cpu_ms(step, params, args.repeats)
-            rows.append({"setting": name, "implementation": peer, "cpu_ms": ms, "loss_rel_error": loss_error,
-                         "grad_rel_error": grad_error})
+            agreement[peer] = loss_error, grad_error
+        times = _interleaved_cpu_ms(peers, params, args.repeats)
+        mine = times["mlkit ProtoNet.meta_loss"]
+        for peer, (loss_error, grad_error) in agreement.items():
+            rows.append({"setting": name, "implementation": peer, "cpu_ms": statistics.median(times[peer]),
+                         "ratio_to_mlkit": statistics.median(t / m for t, m in zip(times[peer], mine)),
+                         "cpu_ms_rounds": times[peer], "loss_rel_error": loss_error, "grad_rel_error": grad_error})
         if PrototypicalClassifier is None:
             rows.append({"setting": name, "implementation": "learn2learn PrototypicalClassifier", "cpu_ms": None,
-                         "note": l2l})
-        for row in rows:
-            if row["setting"] == name:
-                mine = next(r["cpu_ms"] for r in rows if r["setting"] == name and r["implementation"].startswith("mlkit"))
-                row["ratio_to_mlkit"] = None if row["cpu_ms"] is None else row["cpu_ms"] / mine
+                         "ratio_to_mlkit": None, "note": l2l})
     result = {"machine": machine(), "threads": torch.get_num_threads(), "peer": l2l, "torch": torch.__version__,
-              "load_average": os.getloadavg(), "rows": rows}
+              "repeats": args.repeats, "load_average": os.getloadavg(), "rows": rows}
     write_json(RESULTS / "protonet-speed.json", result)
     write_atomic(RESULTS / "protonet-speed.md", speed_report(result))
     print(speed_report(result))
@@ -341,26 +342,33 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.flatten() for t in tensors])
 
 
-def _cpu_ms(step, params, repeats: int) -> float:
-    """Median CPU milliseconds of one forward and backward of ``step`` (after two warm-up runs)."""
-    times = []
-    for i in range(repeats + 2):
-        start = time.process_time()
-        torch.autograd.grad(step(), params)
-        if i >= 2:
-            times.append((time.process_time() - start) * 1000)
-    return statistics.median(times)
+def _interleaved_cpu_ms(steps: dict, params, repeats: int) -> dict[str, list[float]]:
+    """CPU milliseconds of one forward and backward of each step, ``repeats`` rounds after two warm-up rounds.
+    The implementations take turns within each round, each one first in turn, so a change in the machine's load
+    during the run falls on all of them alike (timed one after the other, the last one measured looked 10% faster
+    than the first)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for round_ in range(repeats + 2):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:  # each one first in turn
+            step = steps[name]
+            start = time.process_time()
+            torch.autograd.grad(step(), params)
+            if round_ >= 2:
+                times[name].append((time.process_time() - start) * 1000)
+    return times
 
 
 def speed_report(result) -> str:
     table = markdown_table(
-        ["batch", "implementation", "CPU ms per meta-iteration", "× mlkit", "agreement (loss, grad)"],
+        ["batch", "implementation", "CPU ms per meta-iteration", "× mlkit (median of rounds)", "agreement (loss, grad)"],
         [[r["setting"], r["implementation"], "—" if r["cpu_ms"] is None else f"{r['cpu_ms']:.0f}",
           "—" if r.get("ratio_to_mlkit") is None else f"{r['ratio_to_mlkit']:.2f}",
           r.get("note") or f"{r['loss_rel_error']:.0e}, {r['grad_rel_error']:.0e}"] for r in result["rows"]])
     caption = (f"One ProtoNet meta-iteration (forward and backward through Conv4, 64 filters, pool variant, 28x28) "
-               f"on the same Omniglot batch, median CPU time on {result['threads']} thread(s), after checking that "
-               f"every implementation gives mlkit's loss and gradients. Peer: {result['peer']}; torch "
+               f"on the same Omniglot batch, median CPU time on {result['threads']} thread(s) over "
+               f"{result['repeats']} rounds in which the implementations take turns, after checking that every "
+               f"implementation gives mlkit's loss and gradients; × mlkit is the median of the per-round ratios. Peer: {result['peer']}; torch "
                f"{result['torch']}. Machine: {result['machine']}, load average "
                f"{', '.join(f'{x:.1f}' for x in result['load_average'])} (shared: CPU time is less affected than wall "
                "time, not immune).")
