@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -39,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from common import CHECKPOINTS, RESULTS, machine, markdown_table, save_figure, write_atomic, write_json  # noqa: E402
 from mlkit.blackbox import functions, gp, load_pretrained, minimize  # noqa: E402
 
 PROBLEMS = ["Branin", "Goldstein-Price", "Hartmann3", "Hartmann6", "GP"]
@@ -258,10 +257,7 @@ def plot(summary: dict, path: Path) -> None:
     axes[0].set_ylabel("best-so-far regret (median, quartiles)")
     axes[-1].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def table(summary: dict) -> str:

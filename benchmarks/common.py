@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: machine description, atomic JSON, markdown tables."""
+"""Shared helpers for the benchmark scripts: machine description, atomic JSON and figures, markdown tables."""
 from __future__ import annotations
 
 import fcntl
@@ -39,6 +39,24 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, rows) -> None:
     write_atomic(path, json.dumps(rows, indent=2) + "\n")
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure to ``path`` atomically (a private temporary file beside it, then a rename) and
+    close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        plt.close(fig)
 
 
 def update_json(path: Path, change, empty):

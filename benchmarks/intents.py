@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlkit  # noqa: E402
 import mlkit.data  # noqa: E402
 from mlkit import openset  # noqa: E402
-from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from common import CHECKPOINTS, RESULTS, machine, markdown_table, save_figure, write_atomic, write_json  # noqa: E402
 
 SEED = 0
 RUNS = CHECKPOINTS / "intents"
@@ -396,10 +396,7 @@ def plot(summary):
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    path = RESULTS / "intents.png"
-    tmp = path.with_name(".intents.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    save_figure(fig, RESULTS / "intents.png", dpi=100)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ Settings (``SETTINGS``), each algorithm's paper where our implementation allows 
 machine do not change the figures; evaluations are not counted. ``paper``: the published 60,000 iterations.
 Every row records the validation accuracy against training time for the book's time plot.
 
-Writes benchmarks/results/omniglot.json and omniglot.md (rows are replaced by configuration), resuming from
-checkpoints under benchmarks/checkpoints/omniglot/.
+Writes benchmarks/results/omniglot.json, omniglot.md and omniglot.png (validation accuracy against training time,
+one panel per configuration); rows are replaced by configuration, and runs resume from checkpoints under
+benchmarks/checkpoints/omniglot/. ``--report`` rewrites the table and the figure from the JSON.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlkit  # noqa: E402
-from common import CHECKPOINTS, RESULTS, machine, markdown_table, update_json, write_atomic  # noqa: E402
+from common import CHECKPOINTS, RESULTS, machine, markdown_table, save_figure, update_json, write_atomic  # noqa: E402
 
 CONFIGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 ALGORITHMS = ("maml", "maml-fo", "meta-sgd", "reptile", "anil")
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, one CPU thread each (budget)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speed", action="store_true", help="only time ANIL's feature reuse")
+    parser.add_argument("--report", action="store_true", help="only rewrite omniglot.md and omniglot.png from the JSON")
     args = parser.parse_args()
     algorithms, configs = args.algorithms.split(","), args.configs.split(",")
     if any(a not in ALGORITHMS for a in algorithms) or any(c not in CONFIGS for c in configs):
@@ -182,7 +184,9 @@ def main() -> None:
     if args.budget_minutes <= 0 or args.iterations <= 0 or args.jobs <= 0:
         parser.error("--budget-minutes, --iterations and --jobs must be positive")
     device = str(mlkit.resolve_device(args.device))
-    if args.speed:
+    if args.report:
+        results = update(lambda results: results)
+    elif args.speed:
         results = update(lambda results: {**results, "speed": speed(device)})
     else:
         cells = [(a, c) for c in configs for a in algorithms]
@@ -207,6 +211,7 @@ def update(change) -> dict:
     def change_and_report(results):
         results = change(results)
         write_atomic(RESULTS / "omniglot.md", report(results))
+        plot(results, RESULTS / "omniglot.png")
         return results
     return update_json(RESULTS / "omniglot.json", change_and_report, {"rows": [], "speed": []})
 
@@ -239,6 +244,30 @@ def report(results: dict) -> str:
                  "Reptile's paper gives both). Settings in the docstring of benchmarks/omniglot.py. "
                  f"Machine: {rows[0]['machine'] if rows else machine()}.")
     return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """Validation accuracy against training time for each algorithm, one panel per configuration (budget rows)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r["protocol"] == "budget"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    for ax, config in zip(axes.flat, CONFIGS):
+        ways, shots = CONFIGS[config]
+        for i, algorithm in enumerate(ALGORITHMS):
+            row = next((r for r in rows if (r["algorithm"], r["ways"], r["shots"]) == (algorithm, ways, shots)), None)
+            if row is not None:
+                ax.plot([s / 60 for s in row["curve_seconds"]], row["curve_accuracy"], marker=".", color=f"C{i}",
+                        label=algorithm)
+        ax.axhline(100 / ways, color="gray", ls=":", lw=1)
+        ax.set(title=f"{ways}-way {shots}-shot", ylabel="validation accuracy (%)")
+    for ax in axes[1]:
+        ax.set_xlabel("training time (CPU minutes, one core)")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

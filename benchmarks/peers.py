@@ -44,7 +44,7 @@ from torch.func import functional_call
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlkit  # noqa: E402
-from common import RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from common import RESULTS, machine, markdown_table, save_figure, write_atomic, write_json  # noqa: E402
 from mlkit.tasks import TaskBatch  # noqa: E402
 
 SEED, TOLERANCE, META_LR, WARMUP = 0, 1e-4, 1e-3, 2
@@ -487,12 +487,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.legend(fontsize=8, ncol=len(impls))
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".png", delete=False) as f:
-        fig.savefig(f.name, dpi=120)
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it 0600
-    os.replace(f.name, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def fmt(r: dict) -> list:

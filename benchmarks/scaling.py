@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import mlkit  # noqa: E402
-from common import RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from common import RESULTS, machine, markdown_table, save_figure, write_atomic, write_json  # noqa: E402
 
 CONFIGS = ("omniglot", "sine")
 TOTAL_META_BATCH = 32
@@ -196,11 +196,7 @@ def plot(rows, path: Path) -> None:
         ax.set(xlabel="processes", ylabel="efficiency %", title=f"{mode} scaling", ylim=(0, 110))
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

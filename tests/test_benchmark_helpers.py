@@ -1,0 +1,88 @@
+"""Helpers the benchmark scripts share: atomic figures, the Omniglot report and figure, interleaved timing."""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+common = _load("common")
+
+
+def test_save_figure_writes_a_readable_png_and_leaves_no_temporary_file(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = tmp_path / "figure.png"
+    common.save_figure(fig, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_save_figure_keeps_the_old_file_when_saving_fails(tmp_path):
+    path = tmp_path / "figure.png"
+    path.write_bytes(b"old")
+    fig, _ = plt.subplots()
+    fig.savefig = lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk full"))
+    with pytest.raises(OSError, match="disk full"):
+        common.save_figure(fig, path)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+
+
+def _row(algorithm, ways, shots, accuracy):
+    return {"algorithm": algorithm, "ways": ways, "shots": shots, "accuracy": accuracy, "ci95": 0.5,
+            "published": 98.7 if algorithm == "maml" else None, "source": None, "protocol": "budget",
+            "iterations": 100, "cpu_minutes": 10.02, "machine": "test machine", "device": "cpu",
+            "curve_seconds": [0.0, 300.0, 600.0], "curve_accuracy": [20.0, 60.0, accuracy]}
+
+
+def test_omniglot_report_places_each_cell_in_its_column_and_the_figure_is_written(tmp_path):
+    omniglot = _load("omniglot")
+    results = {"rows": [_row("maml", 5, 1, 91.25), _row("anil", 20, 5, 77.5)], "speed": []}
+    text = omniglot.report(results)
+    header, _, maml, anil = text.splitlines()[:4]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert maml.split("|")[1 + columns.index("5w1s ours")].strip() == "91.25 ± 0.50"
+    assert maml.split("|")[1 + columns.index("5w1s published")].strip() == "98.70"
+    assert anil.split("|")[1 + columns.index("20w5s ours")].strip() == "77.50 ± 0.50"
+    assert anil.split("|")[1 + columns.index("5w1s ours")].strip() == "—"
+    assert "[10] CPU-minutes" in text
+    omniglot.plot(results, tmp_path / "omniglot.png")
+    assert (tmp_path / "omniglot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_protonet_speed_timing_gives_every_implementation_the_first_turn_in_rotation():
+    protonet = _load("protonet")
+    import torch
+
+    weight = torch.ones(2, requires_grad=True)
+    order = []
+
+    def step(name):
+        def run():
+            order.append(name)
+            return (weight * weight).sum()
+        return run
+
+    times = protonet._interleaved_cpu_ms({"a": step("a"), "b": step("b"), "c": step("c")}, [weight], repeats=4)
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}  # warm-up rounds dropped
+    rounds = [order[i:i + 3] for i in range(0, len(order), 3)]
+    assert len(rounds) == 6 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert [r[0] for r in rounds] == ["a", "b", "c", "a", "b", "c"]
