@@ -91,7 +91,8 @@ def build(algorithm: str, ways: int):
                       first_order=algorithm == "maml-fo")
 
 
-def run(algorithm: str, config: str, protocol: str, minutes: float, iterations: int, device: str) -> dict:
+def run(algorithm: str, config: str, protocol: str, minutes: float, iterations: int, device: str,
+        test_tasks: int = TEST_TASKS) -> dict:
     """Train and test one cell; returns its row."""
     torch.set_num_threads(1 if protocol == "budget" else torch.get_num_threads())
     ways, shots = CONFIGS[config]
@@ -129,10 +130,11 @@ def run(algorithm: str, config: str, protocol: str, minutes: float, iterations: 
                         minutes=minutes if protocol == "budget" else None, clock="cpu" if budget else "wall",
                         progress=False, **options)
     accuracy, ci95 = mlkit.evaluate(algo, mlkit.tasks.FewShot(test, ways, shots, queries=TEST_QUERIES),
-                                    tasks=TEST_TASKS, steps=s["test_steps"], meta_batch=20, seed=SEED + 1)
+                                    tasks=test_tasks, steps=s["test_steps"], meta_batch=20, seed=SEED + 1)
     published, source = PUBLISHED.get((algorithm, ways, shots), (None, None))
     return {"algorithm": algorithm, "ways": ways, "shots": shots, "accuracy": accuracy, "ci95": ci95,
             "published": published, "source": source, "protocol": protocol, "iterations": history.iteration[-1],
+            "test_tasks": test_tasks,
             "cpu_minutes" if budget else "minutes": history.seconds / 60, "settings": s,
             "device": str(mlkit.resolve_device(device)), "machine": machine(),
             "curve_seconds": [c[0] for c in curve], "curve_accuracy": [c[1] for c in curve]}
@@ -174,6 +176,8 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--iterations", type=int, default=60_000, help="iteration cap (the paper's 60,000)")
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, one CPU thread each (budget)")
+    parser.add_argument("--test-tasks", type=int, default=TEST_TASKS,
+                        help="test tasks per cell, a multiple of 100 (the first of the same 600; recorded in the row)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speed", action="store_true", help="only time ANIL's feature reuse")
     parser.add_argument("--report", action="store_true", help="only rewrite omniglot.md and omniglot.png from the JSON")
@@ -183,6 +187,8 @@ def main() -> None:
         parser.error(f"--algorithms from {ALGORITHMS}, --configs from {tuple(CONFIGS)}")
     if args.budget_minutes <= 0 or args.iterations <= 0 or args.jobs <= 0:
         parser.error("--budget-minutes, --iterations and --jobs must be positive")
+    if not 0 < args.test_tasks <= TEST_TASKS or args.test_tasks % 100:  # evaluate draws tasks in blocks of 100
+        parser.error(f"--test-tasks must be a multiple of 100 up to {TEST_TASKS}, so that its tasks are the first of the {TEST_TASKS}")
     device = str(mlkit.resolve_device(args.device))
     if args.report:
         results = update(lambda results: results)
@@ -191,7 +197,8 @@ def main() -> None:
     else:
         cells = [(a, c) for c in configs for a in algorithms]
         with ProcessPoolExecutor(args.jobs) as pool:
-            futures = [pool.submit(run, a, c, args.protocol, args.budget_minutes, args.iterations, device) for a, c in cells]
+            futures = [pool.submit(run, a, c, args.protocol, args.budget_minutes, args.iterations, device, args.test_tasks)
+                       for a, c in cells]
             for future in futures:
                 row = future.result()
                 results = update(lambda results: {**results, "rows": replace_row(results["rows"], row)})
@@ -239,7 +246,14 @@ def report(results: dict) -> str:
         lines.append("\n" + markdown_table(["configuration", "variant", "inner steps", "ms per meta-iteration"],
                                            [[r["config"], r["variant"], r["inner_steps"], f"{1000 * r['seconds']:.1f}"]
                                             for r in results["speed"]]))
-    lines.append(f"\nOmniglot, the MAML split, accuracy (%) on {TEST_TASKS} test tasks ({TEST_QUERIES} queries per class), "
+    fewer = {}  # configuration -> the test-task counts below TEST_TASKS
+    for r in rows:
+        if r.get("test_tasks", TEST_TASKS) != TEST_TASKS:
+            fewer.setdefault(f"{r['ways']}w{r['shots']}s", set()).add(r["test_tasks"])
+    lines.append(f"\nOmniglot, the MAML split, accuracy (%) on {TEST_TASKS} test tasks"
+                 + (" (" + "; ".join(f"{config}: the first {' or '.join(map(str, sorted(counts)))} of them"
+                                     for config, counts in fewer.items()) + ")" if fewer else "")
+                 + f" ({TEST_QUERIES} queries per class), "
                  "mean ± 95% CI; transductive batch norm (published MAML and Meta-SGD figures are transductive too; "
                  "Reptile's paper gives both). Settings in the docstring of benchmarks/omniglot.py. "
                  f"Machine: {rows[0]['machine'] if rows else machine()}.")
