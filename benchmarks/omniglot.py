@@ -187,8 +187,9 @@ def main() -> None:
         parser.error(f"--algorithms from {ALGORITHMS}, --configs from {tuple(CONFIGS)}")
     if args.budget_minutes <= 0 or args.iterations <= 0 or args.jobs <= 0:
         parser.error("--budget-minutes, --iterations and --jobs must be positive")
-    if not 0 < args.test_tasks <= TEST_TASKS or args.test_tasks % 100:  # evaluate draws tasks in blocks of 100
-        parser.error(f"--test-tasks must be a multiple of 100 up to {TEST_TASKS}, so that its tasks are the first of the {TEST_TASKS}")
+    block = mlkit.train.EVAL_BLOCK  # evaluate draws its tasks in blocks of this size
+    if not 0 < args.test_tasks <= TEST_TASKS or args.test_tasks % block:
+        parser.error(f"--test-tasks must be a multiple of {block} up to {TEST_TASKS}, so that its tasks are the first of the {TEST_TASKS}")
     device = str(mlkit.resolve_device(args.device))
     if args.report:
         results = update(lambda results: results)
@@ -223,12 +224,17 @@ def update(change) -> dict:
     return update_json(RESULTS / "omniglot.json", change_and_report, {"rows": [], "speed": []})
 
 
+def by_cell(rows: list[dict]) -> dict:
+    """Rows of one protocol keyed by (algorithm, configuration name such as "5w1s")."""
+    return {(r["algorithm"], f"{r['ways']}w{r['shots']}s"): r for r in rows}
+
+
 def report(results: dict) -> str:
     rows = results["rows"]
     lines = []
     for protocol in dict.fromkeys(r["protocol"] for r in rows):
         mine = [r for r in rows if r["protocol"] == protocol]
-        cells = {(r["algorithm"], f"{r['ways']}w{r['shots']}s"): r for r in mine}
+        cells = by_cell(mine)
         table = [[a, *(f"{cells[a, c]['accuracy']:.2f} ± {cells[a, c]['ci95']:.2f}" if (a, c) in cells else "—" for c in CONFIGS),
                   *("—" if (a, c) not in cells or cells[a, c]["published"] is None else f"{cells[a, c]['published']:.2f}"
                     for c in CONFIGS)]
@@ -266,12 +272,12 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results["rows"] if r["protocol"] == "budget"]
+    cells = by_cell([r for r in results["rows"] if r["protocol"] == "budget"])
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for ax, config in zip(axes.flat, CONFIGS):
         ways, shots = CONFIGS[config]
         for i, algorithm in enumerate(ALGORITHMS):
-            row = next((r for r in rows if (r["algorithm"], r["ways"], r["shots"]) == (algorithm, ways, shots)), None)
+            row = cells.get((algorithm, config))
             if row is not None:
                 ax.plot([s / 60 for s in row["curve_seconds"]], row["curve_accuracy"], marker=".", color=f"C{i}",
                         label=algorithm)
