@@ -2,8 +2,8 @@
 
 For each page: nothing it asks of the local server fails, nothing is fetched from the internet
 (CI has none; MathJax, require.js and the ipywidgets embedder are served from `_static`), no
-JavaScript error, all math typeset by MathJax, every image loaded, and the saved ipywidgets
-rendered. A full-page screenshot of each page goes to `_build/html/_screenshots/<page>.png`.
+JavaScript error, all math typeset by MathJax, every Markdown table that a notebook displays
+rendered as a table (none left as raw text), every image loaded, and the saved ipywidgets rendered. A full-page screenshot of each page goes to `_build/html/_screenshots/<page>.png`.
 
 Needs `make book` first, Debian's `chromium` (or BOOK_CHROMIUM=/path/to/chromium) and the
 `playwright` Python package (no browser download: it drives the system Chromium). Skipped,
@@ -13,6 +13,7 @@ with the reason, when one of them is missing.
 from __future__ import annotations
 
 import functools
+import json
 import http.server
 import os
 import re
@@ -40,7 +41,7 @@ CHROMIUM_ARGS = [
 SKIP_PARTS = {"_static", "_sources", "_images", "_screenshots"}
 SKIP_PAGES = {"genindex.html", "search.html"}
 # The chapter whose widget must show its controls, with the slider labels it must show.
-WIDGET_PAGE = "book/05_practice.html"
+WIDGET_PAGE = "book/05_1_mlkit.html"
 WIDGET_LABELS = ["shots", "inner steps"]
 TIMEOUT_MS = 60_000
 # Errors the browser reports on every page that come from the toolchain, not from the book: matched
@@ -121,6 +122,39 @@ _RAW_TEX_JS = r"""
   return found;
 }
 """
+
+# Text nodes outside code, scripts and typeset math that look like a Markdown table row left as text
+# ("| a | b |", or "| — | — |" once Sphinx's smart quotes have turned the "---" of a delimiter row into a dash).
+_RAW_TABLE_JS = r"""
+() => {
+  const skip = 'pre, code, script, style, textarea, mjx-container, .highlight, table';
+  const found = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const t = n.nodeValue;
+    if (!/\|[^|\n]*\|[^|\n]*\|/.test(t)) continue;
+    if (n.parentElement && n.parentElement.closest(skip)) continue;
+    found.push(t.trim().slice(0, 120));
+  }
+  return found;
+}
+"""
+_DELIMITER_ROW = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$", re.M)
+
+
+def markdown_tables_in_outputs(page_path: str) -> int:
+    """How many Markdown tables the code cells of the page's notebook display (0 for a Markdown page)."""
+    source = (ROOT / page_path).with_suffix(".ipynb")
+    if not source.is_file():
+        return 0
+    notebook = json.loads(source.read_text(encoding="utf-8"))
+    count = 0
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            text = output.get("data", {}).get("text/markdown", "")
+            count += len(_DELIMITER_ROW.findall("".join(text) if isinstance(text, list) else text))
+    return count
+
 
 _WAIT_MATHJAX_JS = """
 async () => {
@@ -221,6 +255,14 @@ def test_page_renders(page_path, base_url, browser):
         raw = page.evaluate(_RAW_TEX_JS)
         if raw:
             problems.append(f"raw TeX left in the text: {raw[:3]}")
+
+        # Tables: every Markdown table that a code cell displays is rendered as a <table>, none is left as text.
+        raw_tables = page.evaluate(_RAW_TABLE_JS)
+        if raw_tables:
+            problems.append(f"{len(raw_tables)} Markdown table rows left as text, first: {raw_tables[:2]}")
+        n_tables, n_rendered = markdown_tables_in_outputs(page_path), page.locator(".cell_output table").count()
+        if n_rendered < n_tables:
+            problems.append(f"the notebook displays {n_tables} Markdown tables, the page renders {n_rendered}")
 
         # Images.
         broken = page.evaluate(_WAIT_IMAGES_JS)
