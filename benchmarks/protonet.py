@@ -5,7 +5,8 @@
     benchmarks/.protonet-venv/bin/python benchmarks/protonet.py speed    # mlkit vs a loop vs learn2learn
 
 Every training runs on one thread (``torch.set_num_threads(1)``) and stops at a budget of CPU time
-(``fit(..., minutes=..., clock="cpu")``), so other jobs on a shared machine change the wall time, not the figures.
+(``fit(..., minutes=..., clock="cpu")``), so other jobs on a shared machine change the wall time much more than the
+figures (they still slow each CPU-second through shared caches and memory bandwidth).
 Interrupted runs resume from checkpoints under benchmarks/checkpoints/protonet/; finished rows are kept.
 
 ``omniglot`` (Snell et al., 2017, Sec. 3.1): the MAML split of Omniglot (1,100 training characters, 100
@@ -161,7 +162,7 @@ def omniglot_report(rows) -> str:
                f"({TEST_QUERIES} queries per class), mean ± 95% CI, beside Snell et al. (2017), Table 1. Training as "
                "in the paper (60-way episodes, 5 queries, training shots = test shots, Adam 1e-3 halved every 2,000 "
                "episodes) but stopped at the CPU budget shown (one thread); the 5-way and 20-way rows of a shot "
-               f"count share one training run. Machine: {machine()}, shared with other jobs (CPU time is unaffected).")
+               f"count share one training run. Machine: {machine()}, shared with other jobs (a CPU-time budget is less affected by them than wall time).")
     return f"{table}\n\n{caption}\n"
 
 

@@ -8,7 +8,7 @@ own, keeps a private state per coordinate, and proposes that coordinate's step:
 The weights are shared by all coordinates, so every coordinate of every parameter (and of every optimisee
 of a population) is one row of a single batch: a 100,000-parameter network is one call on ``[100000, 2]``.
 Design as in the paper: two LSTM layers of 20 units, the log-and-sign preprocessing with ``p = 10``, a
-linear read-out scaled by 0.1.
+linear read-out scaled by 0.1. Letters are the paper's (the book's notation page writes m_theta and phi_t).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Andrychowicz et al. (2016) minimise the expected sum of the optimisee's losses a
 
     L(phi) = E_f [ sum_{t=1}^{T} f(theta_t) ],   theta_{t+1} = theta_t + m_phi(grad f(theta_t), s_t),
 
-by gradient descent on ``phi`` (Adam). The horizon T (100 here) is cut into unrolls of K = 20 steps: after
+by gradient descent on ``phi`` (Adam). The horizon T (100 here) is cut into unrolls of tau = 20 steps: after
 each unroll the meta-gradient of its losses updates ``phi``, and the trajectory continues from where it
 stopped, with ``theta`` and the LSTM state detached (truncated BPTT). As in the paper the optimisee's
 gradients enter the network as data: ``grad f(theta_t)`` is detached, so the second derivatives of ``f``
@@ -13,6 +13,10 @@ are dropped, and the meta-gradient reaches ``phi`` only through the ``theta_t`` 
 A population of optimisees is one batch: the per-problem losses are mapped with ``torch.func.vmap``, one
 ``autograd.grad`` call gives every problem's gradient, and all coordinates of all problems go through the
 LSTM together.
+
+Letters are the paper's: ``theta`` is the optimisee and ``phi`` the optimiser's weights. The book's notation
+page writes the same rule the other way round (m_theta updating phi_t), keeping theta for what is
+meta-learned; ``TrainConfig.unroll`` is its tau and ``horizon`` its T.
 """
 from __future__ import annotations
 
