@@ -196,10 +196,7 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
         minutes: stop early once this much training time has passed (resumed time included; the time of
             evaluations and checkpoints is not counted).
         clock: what ``minutes`` and ``History.seconds`` count: ``"wall"`` time, or ``"cpu"`` time of this process
-            (all its threads). Other jobs on a shared machine inflate it less than wall time, but not
-            always little: one Omniglot cell took 4 to 5 times more CPU-seconds per iteration in one run
-            than in another of the same code (``benchmarks/results/omniglot_anil_study.md``), so compare
-            budgets between runs made side by side, and report iterations with them.
+            (all its threads); other jobs inflate it less than wall time, but not to nothing: report iterations too.
         distributed: ``None`` (default) detects a torchrun launch and then splits every meta-batch over the
             ranks (:mod:`mlkit.distributed`); ``False`` trains alone.
     Returns:

@@ -107,38 +107,28 @@ def browser():
             browser.close()
 
 
-# Text nodes outside code, scripts and typeset math that still hold TeX delimiters.
-_RAW_TEX_JS = r"""
-() => {
-  const skip = 'pre, code, script, style, textarea, mjx-container, .highlight';
+# The text nodes outside the elements matched by `skip` whose text matches `pattern`: what a page shows as
+# plain text although it should have been rendered.
+_TEXT_NODES_JS = r"""
+({pattern, skip}) => {
+  const re = new RegExp(pattern);
   const found = [];
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     const t = n.nodeValue;
-    if (!/\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{/.test(t)) continue;
+    if (!re.test(t)) continue;
     if (n.parentElement && n.parentElement.closest(skip)) continue;
     found.push(t.trim().slice(0, 120));
   }
   return found;
 }
 """
-
-# Text nodes outside code, scripts and typeset math that look like a Markdown table row left as text
-# ("| a | b |", or "| — | — |" once Sphinx's smart quotes have turned the "---" of a delimiter row into a dash).
-_RAW_TABLE_JS = r"""
-() => {
-  const skip = 'pre, code, script, style, textarea, mjx-container, .highlight, table';
-  const found = [];
-  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
-    const t = n.nodeValue;
-    if (!/\|[^|\n]*\|[^|\n]*\|/.test(t)) continue;
-    if (n.parentElement && n.parentElement.closest(skip)) continue;
-    found.push(t.trim().slice(0, 120));
-  }
-  return found;
-}
-"""
+_NOT_PROSE = "pre, code, script, style, textarea, mjx-container, .highlight"
+# TeX delimiters left untypeset.
+_RAW_TEX = {"pattern": r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{", "skip": _NOT_PROSE}
+# A Markdown table row left as text ("| a | b |", or "| — | — |" once Sphinx's smart quotes have turned the "---"
+# of a delimiter row into a dash).
+_RAW_TABLE = {"pattern": r"\|[^|\n]*\|[^|\n]*\|", "skip": _NOT_PROSE + ", table"}
 _DELIMITER_ROW = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$", re.M)
 
 
@@ -252,12 +242,12 @@ def test_page_renders(page_path, base_url, browser):
             merrors = page.locator("mjx-merror")
             if merrors.count():
                 problems.append(f"{merrors.count()} TeX errors, first: {merrors.first.get_attribute('data-mjx-error')}")
-        raw = page.evaluate(_RAW_TEX_JS)
+        raw = page.evaluate(_TEXT_NODES_JS, _RAW_TEX)
         if raw:
             problems.append(f"raw TeX left in the text: {raw[:3]}")
 
         # Tables: every Markdown table that a code cell displays is rendered as a <table>, none is left as text.
-        raw_tables = page.evaluate(_RAW_TABLE_JS)
+        raw_tables = page.evaluate(_TEXT_NODES_JS, _RAW_TABLE)
         if raw_tables:
             problems.append(f"{len(raw_tables)} Markdown table rows left as text, first: {raw_tables[:2]}")
         n_tables, n_rendered = markdown_tables_in_outputs(page_path), page.locator(".cell_output table").count()
