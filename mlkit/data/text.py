@@ -16,7 +16,8 @@ PAD = 0  # the id of padding; real features have ids 1..vocab_size-1
 _WORD = re.compile(r"[a-z0-9']+")
 
 
-def _check_texts(texts, name: str = "texts") -> list[str]:
+def check_texts(texts, name: str = "texts") -> list[str]:
+    """``texts`` as a list, else one ValueError: a single string or a non-string entry is refused."""
     if isinstance(texts, str) or not isinstance(texts, Iterable):
         raise ValueError(f"{name} must be a list of strings, got {type(texts).__name__}")
     texts = list(texts)
@@ -93,7 +94,7 @@ class HashedNgrams:
 
     def fit(self, texts: Sequence[str]) -> "HashedNgrams":
         """Build the vocabulary and document frequencies from ``texts`` (meta-training texts only). Returns self."""
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             raise ValueError("fit needs at least one text")
         counts = Counter(b for text in texts for b in self.buckets_of(text))
@@ -132,7 +133,7 @@ class HashedNgrams:
             ``(ids, lengths)``: ids ``[n, L]`` int64 padded with 0, and lengths ``[n]`` int64 (the number of
             non-padding ids of each text, 0 when no feature of it is known).
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         self._check_fitted()
         return pad([self.ids(t) for t in texts], max_length)
 
@@ -165,30 +166,34 @@ class TextDataset(ClassDataset):
     """A :class:`ClassDataset` of texts: one class per intent (or topic), its domain recorded.
 
     Before encoding, each example is its own index ``[N, 1]`` into ``texts``; :meth:`encode` returns the same
-    dataset with padded token ids ``[N, L]`` as examples, which :class:`mlkit.tasks.FewShot` turns into text
-    episodes (``info["images"]`` holds the index of every support and query text, so ``texts[i]`` shows it).
+    dataset with padded token ids ``[N, L]`` as examples, and :meth:`embed` with a pretrained encoder's
+    embeddings ``[N, dim]``; :class:`mlkit.tasks.FewShot` turns either into text episodes (``info["images"]``
+    holds the index of every support and query text, so ``texts[i]`` shows it).
 
     Args:
         texts: ``N`` strings; labels: ``[N]`` class ids; classes: a name per class;
         domains: the domain of each class (``len(classes)`` names).
-        ids: ``[N, L]`` padded token ids, or ``None`` for the index form.
+        ids: ``[N, L]`` padded token ids (int64) or ``[N, dim]`` embeddings (float), or ``None`` for the index form.
     """
 
     def __init__(self, texts: Sequence[str], labels: Tensor, classes: Sequence[str], domains: Sequence[str],
                  ids: Tensor | None = None):
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if len(domains) != len(classes):
             raise ValueError(f"domains must name the domain of each of the {len(classes)} classes, got {len(domains)}")
         self.encoded = ids is not None
         if ids is None:
             ids = torch.arange(len(texts))[:, None]
-        elif ids.dim() != 2 or ids.shape[0] != len(texts) or ids.dtype != torch.long:
-            raise ValueError(f"ids must be int64 [N, L] with N = {len(texts)} texts, got {ids.dtype} {list(ids.shape)}")
+        elif (not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[0] != len(texts)
+              or not (ids.dtype == torch.long or ids.is_floating_point())):
+            raise ValueError(f"ids must be int64 token ids [N, L] or float embeddings [N, dim] with N = {len(texts)} "
+                             f"texts, got {getattr(ids, 'dtype', type(ids).__name__)} {list(getattr(ids, 'shape', []))}")
         super().__init__(ids, torch.as_tensor(labels, dtype=torch.long), classes)
         self.texts, self.domains = texts, list(domains)
 
     def __repr__(self) -> str:
-        what = f"token ids of length {self.images.shape[1]}" if self.encoded else "texts"
+        what = ("texts" if not self.encoded else f"embeddings of width {self.images.shape[1]}"
+                if self.images.is_floating_point() else f"token ids of length {self.images.shape[1]}")
         return (f"{type(self).__name__}({len(self.classes)} classes in {len(set(self.domains))} domains, "
                 f"{len(self.texts)} {what})")
 
@@ -213,3 +218,19 @@ class TextDataset(ClassDataset):
         """The same texts with padded token ids ``[N, L]`` as examples (see :meth:`HashedNgrams.encode`)."""
         ids, _ = tokenizer.encode(self.texts, max_length)
         return TextDataset(self.texts, self.labels, self.classes, self.domains, ids)
+
+    def embed(self, encoder, progress: bool = True) -> "TextDataset":
+        """The same texts with a frozen encoder's embeddings ``[N, dim]`` as examples.
+
+        Args:
+            encoder: anything with ``embed(texts, progress) -> [N, dim]``, such as
+                :class:`mlkit.models.SentenceEncoder` (which caches, so a second call is free).
+        """
+        if not callable(getattr(encoder, "embed", None)):
+            raise ValueError(f"encoder must have an embed(texts) method (e.g. mlkit.models.SentenceEncoder), "
+                             f"got {type(encoder).__name__}")
+        features = encoder.embed(self.texts, progress=progress)
+        if not isinstance(features, Tensor) or features.shape[:1] != (len(self.texts),):
+            raise ValueError(f"encoder.embed returned {getattr(features, 'shape', type(features).__name__)}, "
+                             f"expected [{len(self.texts)}, dim]")
+        return TextDataset(self.texts, self.labels, self.classes, self.domains, features)
