@@ -86,3 +86,31 @@ def test_protonet_speed_timing_gives_every_implementation_the_first_turn_in_rota
     rounds = [order[i:i + 3] for i in range(0, len(order), 3)]
     assert len(rounds) == 6 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
     assert [r[0] for r in rounds] == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_pmf_fine_tuning_starts_as_the_prototype_classifier_and_lowers_the_support_loss():
+    """P>M>F's fine-tuning: with zero steps its logits are ProtoNet's (minus squared distances) up to a constant per
+    input, so the predictions agree; gradient steps lower the support cross-entropy of every task."""
+    import torch
+
+    pretrained = _load("intents_pretrained")
+    generator = torch.Generator().manual_seed(0)
+    head = pretrained.ResidualHead(8)
+    with torch.no_grad():
+        head.linear.weight.copy_(0.1 * torch.randn(8, 8, generator=generator))
+    support_x, inputs = torch.randn(3, 10, 8, generator=generator), torch.randn(3, 6, 8, generator=generator)
+    support_y = torch.arange(5).repeat(2).expand(3, 10)
+    start = pretrained.fine_tune_logits(head, support_x, support_y, inputs, 5, lr=1.0, steps=0)
+    with torch.no_grad():
+        features, targets = head(support_x), head(inputs)
+    for task in range(3):
+        prototypes = torch.stack([features[task][support_y[task] == c].mean(0) for c in range(5)])
+        distances = -torch.cdist(targets[task], prototypes) ** 2
+        torch.testing.assert_close(start[task] - start[task, :, :1], distances - distances[:, :1], atol=1e-4, rtol=1e-4)
+
+    def support_loss(logits):
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), support_y, reduction="none").mean(1)
+
+    before = support_loss(pretrained.fine_tune_logits(head, support_x, support_y, support_x, 5, lr=1.0, steps=0))
+    after = support_loss(pretrained.fine_tune_logits(head, support_x, support_y, support_x, 5, lr=1.0, steps=20))
+    assert (after < before).all()
