@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 from typing import Callable, Iterator
 
 import torch
@@ -52,10 +51,8 @@ class MetaLearner(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the algorithm's parameters (or buffers) live; CPU for a model with neither, such as
-        ``ProtoNet(nn.Identity())`` on precomputed embeddings (nearest centroid)."""
-        tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
-        return torch.device("cpu") if tensor is None else tensor.device
+        """Where the parameters (or buffers) live; the CPU for neither, e.g. ``ProtoNet(nn.Identity())`` on embeddings."""
+        return next(self.parameters(), next(self.buffers(), torch.empty(0))).device
 
     def get_extra_state(self) -> dict:
         return {"algorithm": type(self).__name__, "loss": describe_callable(self.loss), "settings": self.settings(),
