@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlkit  # noqa: E402
 from mlkit import openset  # noqa: E402
+from mlkit.algorithms.protonet import class_means, squared_distances  # noqa: E402
 from common import CHECKPOINTS, RESULTS, machine, markdown_table, save_figure, write_atomic, write_json  # noqa: E402
 from intents import CELLS, QUERIES, SEED, VAL_TASKS, episodes  # noqa: E402
 
@@ -113,8 +114,7 @@ def fine_tune_logits(head, support_x, support_y, inputs, ways, lr, steps):
     """
     with torch.no_grad():
         features, targets = head(support_x), head(inputs)
-    one_hot = nn.functional.one_hot(support_y, ways).to(features.dtype)
-    prototypes = one_hot.transpose(1, 2) @ features / one_hot.sum(1)[..., None]
+    prototypes = task_prototypes(features, support_y, ways)
     weight = (2 * prototypes).requires_grad_()
     bias = (-(prototypes ** 2).sum(-1)).requires_grad_()
     for _ in range(steps):
@@ -284,10 +284,13 @@ def full_logits(stage, head, sx, sy, inputs, lr, steps):
         return fine_tune_logits(head, sx, sy, inputs, 150, lr, steps)
     encoder = nn.Identity() if stage == "P" else head
     with torch.no_grad():
-        one_hot = nn.functional.one_hot(sy, 150).to(sx.dtype)
-        features = encoder(sx)
-        prototypes = one_hot.transpose(1, 2) @ features / one_hot.sum(1)[..., None]
-        return -torch.cdist(encoder(inputs), prototypes) ** 2
+        prototypes = task_prototypes(encoder(sx), sy, 150)
+        return -torch.vmap(squared_distances)(encoder(inputs), prototypes)
+
+
+def task_prototypes(features, labels, ways):
+    """ProtoNet's class means for a batch of tasks: features ``[T, n, d]``, labels ``[T, n]`` -> ``[T, ways, d]``."""
+    return torch.vmap(class_means, in_dims=(0, 0, None))(features, labels, ways)
 
 
 def main():
