@@ -165,9 +165,13 @@ def kind_of(method):
     return "distance" if method in ("protonet", "tfidf_nc") else "softmax"
 
 
-def score(method, val, test):
-    """Per-cell metrics of a method from its validation and test logits."""
-    kind = kind_of(method)
+def open_set(val, test, kind):
+    """Per-episode open-set figures of test logits, the rejection threshold fixed on the validation logits.
+
+    ``val`` and ``test`` are (query logits [T, n, ways], outlier logits [T, m, ways], labels [T, n]); returns
+    the threshold, ``correct [T, n]``, the rejection scores of queries and outliers, and ``auroc``, ``in_acc``,
+    ``recall`` per episode.
+    """
     vq, vo, vy = val
     threshold = openset.fit_threshold(openset.rejection_scores(vq, kind).flatten(),
                                       (vq.argmax(-1) == vy).flatten(), openset.rejection_scores(vo, kind).flatten())
@@ -177,6 +181,12 @@ def score(method, val, test):
     positive = torch.cat([torch.zeros_like(in_scores, dtype=torch.bool), torch.ones_like(out_scores, dtype=torch.bool)], 1)
     auroc = openset.auroc(torch.cat([in_scores, out_scores], 1), positive)
     in_acc, recall = openset.accuracy_at(in_scores, correct, out_scores, threshold)
+    return threshold, correct, in_scores, out_scores, auroc, in_acc, recall
+
+
+def score(method, val, test):
+    """Per-cell metrics of a method from its validation and test logits."""
+    threshold, correct, in_scores, out_scores, auroc, in_acc, recall = open_set(val, test, kind_of(method))
 
     def stat(values):
         values = values.double()

@@ -46,7 +46,7 @@ import mlkit  # noqa: E402
 from mlkit import openset  # noqa: E402
 from mlkit.algorithms.protonet import class_means, squared_distances  # noqa: E402
 from common import CHECKPOINTS, RESULTS, machine, markdown_table, save_figure, write_atomic, write_json  # noqa: E402
-from intents import CELLS, QUERIES, SEED, VAL_TASKS, episodes  # noqa: E402
+from intents import CELLS, QUERIES, SEED, VAL_TASKS, episodes, open_set  # noqa: E402
 
 RUNS = CHECKPOINTS / "intents_pretrained"
 META_LR = 1e-4  # the head starts at the identity; larger steps (1e-3) drift away from the pretrained geometry
@@ -147,15 +147,7 @@ def episode_logits(stage, head, ds, ways, shots, tasks, seed, oos, within, lr=0.
 
 def metrics(val, test, kind):
     """Per-episode accuracy and the open-set figures, with the threshold fixed on ``val``."""
-    vq, vo, vy = val
-    threshold = openset.fit_threshold(openset.rejection_scores(vq, kind).flatten(), (vq.argmax(-1) == vy).flatten(),
-                                      openset.rejection_scores(vo, kind).flatten())
-    q, o, y = test
-    correct = q.argmax(-1) == y
-    s_in, s_out = openset.rejection_scores(q, kind), openset.rejection_scores(o, kind)
-    auroc = openset.auroc(torch.cat([s_in, s_out], 1),
-                          torch.cat([torch.zeros_like(s_in), torch.ones_like(s_out)], 1).bool())
-    in_acc, recall = openset.accuracy_at(s_in, correct, s_out, threshold)
+    _, correct, s_in, s_out, auroc, in_acc, recall = open_set(val, test, kind)
     at_recall = in_scope_at_recall(s_in, correct, s_out, 0.6)
     return {"per_episode": (correct.double().mean(1) * 100), "auroc": auroc, "in_scope": in_acc * 100,
             "recall": recall * 100, "in_scope_at_recall60": at_recall * 100}
