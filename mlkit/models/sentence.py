@@ -130,13 +130,17 @@ class SentenceEncoder(nn.Module):
         self.normalize, self.max_length, self.batch_size = normalize, max_length, batch_size
         self.dim = int(self.transformer.config.hidden_size)
         self.transformer.requires_grad_(False)
-        for layer in layers[len(layers) - trainable_layers:] if trainable_layers else []:
-            layer.requires_grad_(True)
+        self._trained_layers().requires_grad_(True)
         if trainable_layers == len(layers):
             self.transformer.requires_grad_(True)
         self.transformer.eval()  # dropout off: a frozen feature map, and deterministic embeddings to cache
         self.to(torch.device(device) if device is not None else torch.device("cpu"))
         self._cache: dict[str, Tensor] = {}
+
+    def _trained_layers(self) -> nn.ModuleList:
+        """The last ``trainable_layers`` transformer layers (none when frozen)."""
+        layers = self._layers()
+        return layers[len(layers) - self.trainable_layers:]
 
     def _layers(self) -> nn.ModuleList:
         encoder = getattr(self.transformer, "encoder", None)
@@ -149,10 +153,8 @@ class SentenceEncoder(nn.Module):
         """Train mode for the trainable layers only; frozen layers keep dropout off."""
         super().train(mode)
         self.transformer.eval()
-        if mode and self.trainable_layers:
-            layers = self._layers()
-            for layer in layers[len(layers) - self.trainable_layers:]:
-                layer.train()
+        if mode:
+            self._trained_layers().train()
         return self
 
     @property
