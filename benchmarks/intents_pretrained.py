@@ -78,19 +78,24 @@ class CachedEmbeddings:
         return self.embeddings[[self.row[t] for t in texts]]
 
 
-def embed_all():
-    """The CLINC150 splits as datasets of frozen embeddings, and the out-of-scope embeddings (cached on disk)."""
-    clinc = mlkit.data.CLINC150()
+def cached_embeddings(clinc) -> dict:
+    """``{"texts", "embeddings", "source"}`` of every CLINC150 text and out-of-scope text, encoded once and cached
+    on disk (atomically) for every benchmark that uses them."""
     cache = RUNS / "embeddings.pt"
-    if cache.exists():
-        stored = torch.load(cache)
-    else:
+    if not cache.exists():
         encoder = mlkit.models.SentenceEncoder()
         texts = clinc.texts + [t for part in ("train", "val", "test") for t in clinc.out_of_scope[part]]
         stored = {"texts": texts, "embeddings": encoder.embed(texts), "source": encoder.source}
         RUNS.mkdir(parents=True, exist_ok=True)
         torch.save(stored, cache.with_suffix(".tmp"))
         cache.with_suffix(".tmp").replace(cache)
+    return torch.load(cache)
+
+
+def embed_all():
+    """The CLINC150 splits as datasets of frozen embeddings, and the out-of-scope embeddings."""
+    clinc = mlkit.data.CLINC150()
+    stored = cached_embeddings(clinc)
     lookup = CachedEmbeddings(stored["texts"], stored["embeddings"])
     splits = dict(zip(("train", "val", "test"), clinc.split("domains", SEED)))
     embedded = {name: part.embed(lookup) for name, part in splits.items()}

@@ -8,7 +8,7 @@ distractor-aware refinements of Ren et al. (ICLR 2018) protect the prototypes wh
 out-of-scope utterances?
 
 Features: all-MiniLM-L6-v2 frozen (``mlkit.models.SentenceEncoder``), L2-normalised 384-d embeddings of every
-CLINC150 text and out-of-scope text, computed once and cached in benchmarks/checkpoints/intents_semi/embeddings.pt.
+CLINC150 text and out-of-scope text, computed once and cached by intents_pretrained.cached_embeddings.
 On top, the residual head of benchmarks/intents_pretrained.py, h(x) = x + W x + b with W = 0 and b = 0 at the start,
 so that the untrained model is a nearest centroid on MiniLM.
 
@@ -52,7 +52,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -66,7 +65,7 @@ import mlkit  # noqa: E402
 import mlkit.data  # noqa: E402
 from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
 from intents import QUERIES, SEED  # noqa: E402
-from intents_pretrained import META_LR, CachedEmbeddings, ResidualHead  # noqa: E402
+from intents_pretrained import META_LR, CachedEmbeddings, ResidualHead, cached_embeddings  # noqa: E402
 from protonet import REFINEMENTS, _ci95, episode_accuracies  # noqa: E402
 
 RUNS = CHECKPOINTS / "intents_semi"
@@ -80,19 +79,6 @@ TRAINED_WITH = {"in_domain": "in-domain distractors", "oos": "out-of-scope distr
 
 
 # Data -----------------------------------------------------------------------------------------------------------
-def cached_embeddings(clinc) -> dict:
-    """``{"texts", "embeddings", "source"}`` of every CLINC150 text and out-of-scope text, encoded once."""
-    cache = RUNS / "embeddings.pt"
-    if not cache.exists():
-        texts = clinc.texts + [t for part in ("train", "val", "test") for t in clinc.out_of_scope[part]]
-        encoder = mlkit.models.SentenceEncoder()
-        stored = {"texts": texts, "embeddings": encoder.embed(texts), "source": encoder.source}
-        RUNS.mkdir(parents=True, exist_ok=True)
-        torch.save(stored, cache.with_suffix(".tmp"))
-        os.replace(cache.with_suffix(".tmp"), cache)
-    return torch.load(cache)
-
-
 def load():
     """Meta-train and meta-test intents as datasets of embeddings, and the out-of-scope embeddings by part."""
     clinc = mlkit.data.CLINC150()
