@@ -45,7 +45,7 @@ def packaged_path(model: str = DEFAULT_MODEL) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def _load(model: str | os.PathLike):
+def _load(model: str | os.PathLike, attention: str):
     """``(tokenizer, transformer, source)``: from a folder; else the local hub cache, the packaged copy, the hub."""
     try:
         import transformers
@@ -69,7 +69,7 @@ def _load(model: str | os.PathLike):
     for where, options, source in candidates:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(where, **options)
-            transformer = transformers.AutoModel.from_pretrained(where, **options)
+            transformer = transformers.AutoModel.from_pretrained(where, attn_implementation=attention, **options)
             return tokenizer, transformer, source
         except (OSError, ValueError) as error:  # not cached, no network, not a model folder
             errors.append(f"{source}: {str(error).splitlines()[0]}")
@@ -102,6 +102,9 @@ class SentenceEncoder(nn.Module):
         max_length: tokens kept per text (CLINC150's queries are under 40).
         batch_size: texts per forward pass in :meth:`embed`.
         device: where the transformer runs (default: CPU; ``"cuda"`` where there is one).
+        attention: ``"sdpa"`` (PyTorch's fused attention, the default and the fastest) or ``"eager"`` (attention
+            written out in PyTorch operations). Second-order meta-gradients through trainable layers (MAML or
+            Meta-SGD with ``first_order=False``) need ``"eager"``: the fused kernel has no second derivative.
 
     Attributes: ``dim`` (embedding width, 384 for MiniLM), ``source`` (where the weights were loaded from).
 
@@ -111,7 +114,8 @@ class SentenceEncoder(nn.Module):
     """
 
     def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, trainable_layers: int = 0, normalize: bool = True,
-                 max_length: int = 64, batch_size: int = 128, device: str | torch.device | None = None):
+                 max_length: int = 64, batch_size: int = 128, device: str | torch.device | None = None,
+                 attention: str = "sdpa"):
         super().__init__()
         if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
             raise ValueError(f"model must be a model name or a folder, got {model!r}")
@@ -122,7 +126,9 @@ class SentenceEncoder(nn.Module):
             raise ValueError(f"trainable_layers must be an int >= 0 (0 freezes the encoder), got {trainable_layers!r}")
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be True or False, got {normalize!r}")
-        self.tokenizer, self.transformer, self.source = _load(model)
+        if attention not in ("sdpa", "eager"):
+            raise ValueError(f"attention must be 'sdpa' or 'eager' (for second-order meta-gradients), got {attention!r}")
+        self.tokenizer, self.transformer, self.source = _load(model, attention)
         layers = self._layers()
         if trainable_layers > len(layers):
             raise ValueError(f"trainable_layers={trainable_layers}, but {model} has {len(layers)} layers")

@@ -106,6 +106,40 @@ def test_protonet_meta_gradient_reaches_only_the_trainable_layer_and_equals_a_di
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("algorithm", ["MAML", "ANIL"])
+def test_gradient_heads_on_the_encoder_meta_gradient_equals_a_hand_written_inner_loop(algorithm):
+    """MAML and ANIL with a linear head on a partly trainable encoder, on a text episode of token ids: the
+    meta-gradient (second order) of every trainable tensor equals autograd through two hand-written inner steps,
+    which adapt the head and, for MAML only, the trainable layer too. Second order through attention needs the
+    eager attention: the fused kernel has no second derivative."""
+    torch.manual_seed(0)
+    encoder = SentenceEncoder(trainable_layers=1, attention="eager" if algorithm == "MAML" else "sdpa")
+    model = torch.nn.Sequential(encoder, torch.nn.Linear(encoder.dim, 4))
+    dataset = TextDataset(TEXTS, torch.tensor(LABELS), ["balance", "restaurant", "translate", "alarm"],
+                          ["banking", "dining", "travel", "utility"]).encode(encoder)
+    batch = mlkit.tasks.FewShot(dataset, ways=4, shots=1, queries=1).sample(1, generator=torch.Generator().manual_seed(0))
+    learner = getattr(mlkit, algorithm)(model, loss="cross_entropy", inner_lr=0.5, inner_steps=2, batched=False).eval()
+    learner.meta_loss(batch).backward()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names[-2:] == ["1.weight", "1.bias"] and all(n.startswith("0.transformer.encoder.layer.5.") for n in names[:-2])
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+    start = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    adapted = dict(start) if algorithm == "MAML" else {n: start[n] for n in ("1.weight", "1.bias")}
+    loss = lambda params, x, y: torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+    for _ in range(2):
+        grads = torch.autograd.grad(loss({**start, **adapted}, batch.support_x[0], batch.support_y[0]),
+                                    list(adapted.values()), create_graph=True)
+        adapted = {n: p - 0.5 * g for (n, p), g in zip(adapted.items(), grads)}
+    expected = torch.autograd.grad(loss({**start, **adapted}, batch.query_x[0], batch.query_y[0]), list(start.values()))
+    for (name, e) in zip(start, expected):
+        assert e.abs().sum() > 0, name
+        torch.testing.assert_close(got[name], e, atol=1e-6, rtol=1e-4, msg=name)
+    if algorithm == "MAML":  # the eager attention computes the same embeddings as the fused one
+        torch.testing.assert_close(encoder(batch.query_x[0]), SentenceEncoder()(batch.query_x[0]), atol=1e-5, rtol=0)
+
+
 def test_text_dataset_embed_gives_episodes_of_embeddings(encoder):
     dataset = TextDataset(TEXTS, torch.tensor(LABELS), ["a", "b", "c", "d"], ["x", "x", "y", "y"])
     embedded = dataset.embed(encoder, progress=False)
@@ -140,7 +174,7 @@ def test_bad_texts_are_refused_before_any_encoding(encoder, texts, message, monk
 @pytest.mark.parametrize("kwargs, message", [
     ({"trainable_layers": -1}, "trainable_layers"), ({"trainable_layers": 7}, "has 6 layers"),
     ({"max_length": 0}, "max_length"), ({"batch_size": 1.5}, "batch_size"), ({"normalize": "yes"}, "normalize"),
-    ({"model": ""}, "model must be"),
+    ({"model": ""}, "model must be"), ({"attention": "flash"}, "attention must be"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
