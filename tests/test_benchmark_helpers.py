@@ -114,3 +114,83 @@ def test_pmf_fine_tuning_starts_as_the_prototype_classifier_and_lowers_the_suppo
     before = support_loss(pretrained.fine_tune_logits(head, support_x, support_y, support_x, 5, lr=1.0, steps=0))
     after = support_loss(pretrained.fine_tune_logits(head, support_x, support_y, support_x, 5, lr=1.0, steps=20))
     assert (after < before).all()
+
+
+def test_head_meta_training_keeps_the_state_whose_validation_accuracy_it_reports(tmp_path, monkeypatch):
+    """Early stopping of P>M's head: the head returned is the candidate (the identity included) with the best
+    accuracy on the fixed validation episodes, and evaluating it on those episodes gives the reported figure."""
+    import torch
+
+    import mlkit
+
+    pretrained = _load("intents_pretrained")
+    monkeypatch.setattr(pretrained, "RUNS", tmp_path)
+    monkeypatch.setattr(pretrained, "EVAL_EVERY", 5)
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(12, 6, generator=generator)
+
+    def dataset(classes, offset):
+        labels = torch.arange(len(classes)).repeat_interleave(10)
+        features = centres[classes][labels] + 0.8 * torch.randn(len(labels), 6, generator=generator)
+        texts = [f"text {offset + i}" for i in range(len(labels))]
+        return mlkit.data.TextDataset(texts, labels, [f"intent {c}" for c in classes], ["d"] * len(classes), features)
+
+    train, val = dataset(list(range(8)), 0), dataset(list(range(8, 12)), 1000)
+    model, training = pretrained.meta_train("test", train, 4, 1, 3, 0.02, val)
+    assert training["chosen_iteration"] % 5 == 0 and training["chosen_iteration"] <= training["iterations"]
+    again = mlkit.evaluate(model, mlkit.tasks.FewShot(val, 4, 1, 3), tasks=pretrained.VAL_TASKS // 2,
+                           seed=pretrained.SEED + 1)[0]
+    assert abs(again - training["validation_accuracy"]) < 0.01
+    if training["chosen_iteration"] == 0:  # the identity was kept: the head is untouched
+        assert model.model.linear.weight.abs().sum() == 0
+
+
+def test_encoder_fine_tuning_starts_from_the_prototypes_and_lowers_the_support_loss(monkeypatch):
+    """P>M>F with the whole encoder: the cosine classifier starts at the normalised class means of the normalised
+    embeddings (with both step sizes at zero it stays there), and training lowers the support loss."""
+    import torch
+    from torch import nn
+
+    finetune = _load("intents_finetune")
+
+    class CharEncoder(nn.Module):
+        dim = 8
+
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(128, self.dim, padding_idx=0)
+
+        def tokenize(self, texts):
+            width = max(map(len, texts))
+            return torch.tensor([[ord(c) for c in t] + [0] * (width - len(t)) for t in texts])
+
+        def forward(self, ids):
+            mask = (ids != 0).unsqueeze(-1).float()
+            return nn.functional.normalize((self.table(ids) * mask).sum(1) / mask.sum(1), dim=-1)
+
+    texts = ["pay my bill", "pay the bill now", "book a flight", "book flights to rome", "wake me at six",
+             "set a wake up alarm"]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+
+    def run(encoder_lr, classifier_lr, epochs):
+        torch.manual_seed(0)
+        encoder, seen = CharEncoder(), []
+        monkeypatch.setattr(finetune, "ENCODER_LR", encoder_lr)
+        monkeypatch.setattr(finetune, "CLASSIFIER_LR", classifier_lr)
+
+        def on_epoch(classifier, epoch):
+            logits = finetune.LOGIT_SCALE * finetune.embed(encoder, texts) @ classifier.T
+            seen.append((epoch, classifier, nn.functional.cross_entropy(logits, labels).item()))
+
+        start = finetune.embed(encoder, texts)
+        finetune.fine_tune(encoder, texts, labels, 3, epochs, 0, on_epoch)
+        return start, seen
+
+    start, seen = run(0.0, 0.0, 1)
+    means = torch.stack([start[labels == k].mean(0) for k in range(3)])
+    assert [s[0] for s in seen] == [1]
+    torch.testing.assert_close(seen[0][1], nn.functional.normalize(means, dim=-1))
+    _, seen = run(0.05, 0.05, 5)
+    assert [s[0] for s in seen] == [1, 2, 3, 4, 5]
+    assert torch.allclose(seen[-1][1].norm(dim=-1), torch.ones(3))
+    assert seen[-1][2] < 0.5 * seen[0][2]
