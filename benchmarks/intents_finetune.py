@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlkit  # noqa: E402
 from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
-from intents_pretrained import (STAGE_COLUMNS, cached_embeddings, labelled_queries, metrics, seed_row,  # noqa: E402
-                                stage_cells)
+from intents_pretrained import (STAGE_COLUMNS, CachedEmbeddings, cached_embeddings, labelled_queries,  # noqa: E402
+                                metrics, paired_gains, seed_row, stage_cells)
+from mlkit.algorithms.protonet import class_means, squared_distances  # noqa: E402
 
 RUNS = CHECKPOINTS / "intents_finetune"
 SCALE = 10.0      # distance multiplier of the meta-training loss
@@ -78,9 +79,7 @@ def meta_train(encoder, texts, labels, classes, domains, shots, iterations, seed
 def fine_tune(encoder, texts, labels, ways, epochs, seed, on_epoch):
     """P>M>F: cross-entropy through a cosine classifier initialised at the prototypes; ``on_epoch(classifier,
     epoch)`` after every epoch, with the normalised classifier weights ``[ways, dim]``."""
-    features = embed(encoder, texts)
-    weight = nn.Parameter(nn.functional.normalize(
-        torch.zeros(ways, features.shape[1]).index_add_(0, labels, features), dim=-1))
+    weight = nn.Parameter(nn.functional.normalize(class_means(embed(encoder, texts), labels, ways), dim=-1))
     optimizer = torch.optim.AdamW([{"params": [p for p in encoder.parameters() if p.requires_grad], "lr": ENCODER_LR},
                                    {"params": [weight], "lr": CLASSIFIER_LR}])
     ids, generator = encoder.tokenize(texts), torch.Generator().manual_seed(seed)
@@ -97,12 +96,9 @@ def fine_tune(encoder, texts, labels, ways, epochs, seed, on_epoch):
         on_epoch(nn.functional.normalize(weight.detach(), dim=-1).clone(), epoch)
 
 
-def centroid_logits(features, prototypes):
-    return -torch.cdist(features, prototypes) ** 2
-
-
-def run_seed(clinc, oos_texts, shots, seed, iterations, max_epochs):
-    """The three stages on one draw of ``shots`` labelled queries per intent: ``{stage: metrics}`` and costs."""
+def run_seed(clinc, frozen, oos_texts, shots, seed, iterations, max_epochs):
+    """The three stages on one draw of ``shots`` labelled queries per intent: ``{stage: metrics}`` and costs.
+    ``frozen`` embeds texts with the pretrained encoder from the shared cache (``CachedEmbeddings``)."""
     torch.manual_seed(seed)
     chosen = labelled_queries(clinc, shots, seed)
     texts, labels = [clinc.texts[i] for i in chosen.tolist()], clinc.labels[chosen]
@@ -118,20 +114,17 @@ def run_seed(clinc, oos_texts, shots, seed, iterations, max_epochs):
             out.append((logits[None, :len(y)], logits[None, len(y):], y[None]))
         return metrics(*out, kind)
 
-    stored = cached_embeddings(clinc)
-    frozen = dict(zip(stored["texts"], stored["embeddings"]))
-    frozen_of = lambda strings: torch.stack([frozen[t] for t in strings])
-    prototypes = lambda features: torch.zeros(ways, features.shape[1]).index_add_(0, labels, features) / shots
+    centroid_logits = lambda features, centres: -squared_distances(features, centres)
     results, cost = {}, {}
-    results["P"] = scored(lambda name: centroid_logits(frozen_of(evaluation[name][0]), prototypes(frozen_of(texts))),
-                          "distance")
+    p_centres = class_means(frozen.embed(texts), labels, ways)
+    results["P"] = scored(lambda name: centroid_logits(frozen.embed(evaluation[name][0]), p_centres), "distance")
 
     encoder = mlkit.models.SentenceEncoder(trainable_layers=6)
     began = time.process_time()
     history = meta_train(encoder, texts, labels, clinc.classes, clinc.domains, shots, iterations, seed)
     cost["PM"] = {"iterations": history.iteration[-1], "cpu_seconds": round(time.process_time() - began, 1)}
     features = {name: embed(encoder, evaluation[name][0]) for name in ("val", "test")}
-    centres = prototypes(embed(encoder, texts))
+    centres = class_means(embed(encoder, texts), labels, ways)
     results["PM"] = scored(lambda name: centroid_logits(features[name], centres), "distance")
 
     began, best, val_y = time.process_time(), {"accuracy": -1.0, "epochs": 0}, evaluation["val"][1]
@@ -161,6 +154,8 @@ def main():
     name = "intents_finetune-quick" if args.quick else "intents_finetune"
     clinc = mlkit.data.CLINC150()
     oos_texts = {part: clinc.out_of_scope[part] for part in ("val", "test")}
+    stored = cached_embeddings(clinc)
+    frozen = CachedEmbeddings(stored["texts"], stored["embeddings"])
     RUNS.mkdir(parents=True, exist_ok=True)
     rows = []
     for shots in shot_list:
@@ -168,7 +163,7 @@ def main():
         for seed in range(seeds):
             saved = RUNS / f"{name}-{shots}shot-seed{seed}.pt"
             if not saved.exists():  # each finished seed is kept, so an interrupted run resumes with the next one
-                results, cost = run_seed(clinc, oos_texts, shots, seed, iterations, max_epochs)
+                results, cost = run_seed(clinc, frozen, oos_texts, shots, seed, iterations, max_epochs)
                 torch.save({"results": results, "cost": cost}, saved.with_suffix(".tmp"))
                 saved.with_suffix(".tmp").replace(saved)
             stored = torch.load(saved)
@@ -180,15 +175,11 @@ def main():
         cell = f"150-way {shots}-shot"
         trainings = {"P": None, "PM": {"iterations": costs[0]["PM"]["iterations"]},
                      "PMF": {"epochs": [c["PMF"]["epochs"] for c in costs]}}
-        for stage in STAGES:
-            row = dict(seed_row(cell, stage, per_seed[stage], trainings[stage]), name=STAGES[stage])
-            if stage != "P":
-                previous = torch.cat([r["per_episode"] for r in per_seed[list(STAGES)[list(STAGES).index(stage) - 1]]])
-                gain = torch.cat([r["per_episode"] for r in per_seed[stage]]) - previous
-                row["gain"] = {"mean": gain.double().mean().item(), "std": gain.double().std().item()
-                               if len(gain) > 1 else 0.0}
-                row["cpu_seconds"] = sum(c[stage]["cpu_seconds"] for c in costs)
-            rows.append(row)
+        cell_rows = paired_gains([dict(seed_row(cell, stage, per_seed[stage], trainings[stage]), name=STAGES[stage])
+                                  for stage in STAGES])
+        for row in cell_rows[1:]:
+            row["cpu_seconds"] = sum(c[row["stage"]]["cpu_seconds"] for c in costs)
+        rows += cell_rows
     summary = {"settings": {"seeds": seeds, "shots": list(shot_list), "meta_iterations": iterations,
                             "max_epochs": max_epochs, "scale": SCALE, "logit_scale": LOGIT_SCALE,
                             "encoder_lr": ENCODER_LR, "classifier_lr": CLASSIFIER_LR, "batch": BATCH,

@@ -246,6 +246,8 @@ def all_intents(clinc, lookup, oos, seeds, minutes):
     """150-way K-shot: K labelled queries per intent from the train part, tested on the whole test part."""
     x, y = lookup.embed(clinc.texts, progress=False), clinc.labels
     val_rows, test_rows = (clinc.part == 1).nonzero().flatten(), (clinc.part == 2).nonzero().flatten()
+    validation = mlkit.data.TextDataset([clinc.texts[i] for i in val_rows.tolist()], y[val_rows], clinc.classes,
+                                        clinc.domains, x[val_rows])
     rows = []
     for shots in (5, 10):
         per_seed, kept = {stage: [] for stage in STAGES}, []
@@ -254,8 +256,6 @@ def all_intents(clinc, lookup, oos, seeds, minutes):
             chosen = labelled_queries(clinc, shots, seed)
             support = mlkit.data.TextDataset([clinc.texts[i] for i in chosen.tolist()], y[chosen], clinc.classes,
                                              clinc.domains, x[chosen])
-            validation = mlkit.data.TextDataset([clinc.texts[i] for i in val_rows.tolist()], y[val_rows],
-                                                clinc.classes, clinc.domains, x[val_rows])
             head, training = meta_train(f"head-150w{shots}s-seed{seed}-{minutes:g}-early", support, 30, shots // 2,
                                         shots - shots // 2, minutes, validation)
             sx, sy = x[chosen][None], y[chosen][None]
@@ -272,11 +272,8 @@ def all_intents(clinc, lookup, oos, seeds, minutes):
             kept.append((training["chosen_iteration"], training["iterations"]))
         training = dict(training, chosen_iteration=[k for k, _ in kept], iterations=[n for _, n in kept])  # per seed
         trainings = {"P": None, "PM": training, "PMF": dict(training, lr=lr, steps=steps)}
-        cell_rows = [seed_row(f"150-way {shots}-shot", stage, runs, trainings[stage]) for stage, runs in per_seed.items()]
-        for previous, row in zip(cell_rows, cell_rows[1:]):  # paired per draw of the labelled queries
-            gain = torch.tensor(row["accuracy"]["runs"]) - torch.tensor(previous["accuracy"]["runs"])
-            row["gain"] = {"mean": gain.double().mean().item(), "std": gain.double().std().item() if len(gain) > 1 else 0.0}
-        rows += cell_rows
+        rows += paired_gains([seed_row(f"150-way {shots}-shot", stage, runs, trainings[stage])
+                              for stage, runs in per_seed.items()])
         rows[-1]["cpu_seconds"] = round(time.process_time() - t0, 1)
         print(rows[-1]["cell"], {r["stage"]: round(r["accuracy"]["mean"], 2) for r in rows[-3:]}, flush=True)
     return rows
@@ -302,6 +299,15 @@ def seed_row(cell, stage, runs, training):
             "auroc": over_seeds("auroc"), "in_scope_accuracy": over_seeds("in_scope"),
             "oos_recall": over_seeds("recall"), "in_scope_at_recall60": over_seeds("in_scope_at_recall60"),
             "training": training}
+
+
+def paired_gains(cell_rows):
+    """``cell_rows`` (one per stage, in order) with each row's ``gain`` over the row above, paired per draw."""
+    runs = lambda row: torch.tensor(row["accuracy"]["runs"], dtype=torch.float64)
+    for previous, row in zip(cell_rows, cell_rows[1:]):
+        gain = runs(row) - runs(previous)
+        row["gain"] = {"mean": gain.mean().item(), "std": gain.std().item() if len(gain) > 1 else 0.0}
+    return cell_rows
 
 
 def validation_accuracy(head, sx, sy, val_x, val_y, setting):
