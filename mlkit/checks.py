@@ -59,16 +59,26 @@ def probe_buffers(model: nn.Module, forward, x: Tensor) -> Tensor:
     return out
 
 
-def check_targets(y: Tensor, out_shape: tuple[int, ...], classification: bool, name: str) -> None:
+def check_targets(y: Tensor, out_shape: tuple[int, ...], classification: bool, name: str,
+                  same_shape: bool = True) -> None:
     """Check targets ``y: [tasks, n, *out]`` against the model's output shape per example.
 
-    Classification: integer labels ``[tasks, n]`` in ``0..classes-1``; regression with MSE: ``*out`` equal
-    to the model's output shape.
+    Args:
+        y: the targets of a batch of tasks. out_shape: the model's output shape per example.
+        classification: integer class labels ``[tasks, n]`` (``torch.long``) in ``0..classes-1``, where
+            ``classes`` is the last output dimension.
+        name: what to call ``y`` in the message.
+        same_shape: (regression) ``*out`` must equal ``out_shape``, for losses that compare elementwise and would
+            broadcast a mismatch silently; ``False`` leaves the shapes to the loss (e.g. a Gaussian NLL).
     """
     if classification:
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"{name} holds {y.dtype} values, but cross-entropy needs integer class labels "
-                             f"(torch.long); convert them with .long()")
+            raise ValueError(f"{name} holds {y.dtype} values, but classification needs integer class labels "
+                             f"(torch.long); convert them with .long(), or pass task='regression' for a loss on "
+                             "real targets")
+        if y.dtype != torch.long:
+            raise ValueError(f"{name} holds {y.dtype} class labels, but the losses index with torch.long; convert "
+                             "them with .long()")
         if y.dim() != 2:
             raise ValueError(f"{name} must be one label per example, [tasks, n], got shape {list(y.shape)}")
         classes = out_shape[-1] if out_shape else 1
@@ -80,9 +90,32 @@ def check_targets(y: Tensor, out_shape: tuple[int, ...], classification: bool, n
                 raise ValueError(f"{name} contains label {bad}, but the model outputs {classes} classes, so labels "
                                  f"must lie in 0..{classes - 1}; remap the labels per task or widen the model's "
                                  "output layer")
-    elif tuple(y.shape[2:]) != tuple(out_shape):
+    elif same_shape and tuple(y.shape[2:]) != tuple(out_shape):
+        hint = (" (integer labels of a custom classification loss? pass task='classification')"
+                if not y.is_floating_point() and y.dim() == 2 else "")
         raise ValueError(f"{name} has per-example shape {list(y.shape[2:])}, but the model predicts "
-                         f"{list(out_shape)} per example; reshape the targets to [tasks, n, {', '.join(map(str, out_shape))}]")
+                         f"{list(out_shape)} per example; reshape the targets to [tasks, n, {', '.join(map(str, out_shape))}]"
+                         f"{hint}")
+
+
+def check_not_empty(batch, name: str = "the batch") -> None:
+    """Refuse a batch of tasks with no task, or with an empty support or query set."""
+    if batch.tasks == 0:
+        raise ValueError(f"{name} has 0 tasks (support_x {list(batch.support_x.shape)}); sample at least one task")
+    for part in ("support", "query"):
+        x = getattr(batch, f"{part}_x")
+        if x.shape[1] == 0:
+            raise ValueError(f"every task's {part} set in {name} is empty ({part}_x {list(x.shape)}); give each task "
+                             f"at least one {part} example")
+
+
+def check_examples(x: Tensor, y: Tensor | None, name: str) -> None:
+    """Refuse one task's inputs ``x: [n, *in]`` with no example, or whose targets ``y`` count other examples."""
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{name}_x has no examples (shape {list(x.shape)}); give at least one")
+    if y is not None and (y.dim() == 0 or y.shape[0] != x.shape[0]):
+        raise ValueError(f"{name}_x has {x.shape[0]} examples but {name}_y has "
+                         f"{y.shape[0] if y.dim() else 'none (a scalar)'}; give one target per example")
 
 
 def check_device(x: Tensor, device: torch.device, name: str) -> None:
@@ -105,6 +138,14 @@ def check_family(family, name: str = "family") -> None:
                          f"{type(family).__name__}.sample{inspect.signature(sample)} does not") from None
     except ValueError:
         pass  # no signature to inspect (a builtin): trust it
+
+
+def check_seed(seed) -> int:
+    """``seed`` unless it is not an integer (``ValueError``); ``None`` is refused, as the run must be repeatable."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer (it fixes the tasks drawn, so that a run can be repeated and "
+                         f"resumed), got {seed!r}; for a fresh stream each run pass e.g. seed=random.randrange(2**31)")
+    return seed
 
 
 def positive_int(name: str, value) -> int:

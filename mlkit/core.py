@@ -68,6 +68,68 @@ def is_classification(loss) -> bool:
     return loss in ("cross_entropy", F.cross_entropy, _cross_entropy) or isinstance(loss, torch.nn.CrossEntropyLoss)
 
 
+TASKS = ("classification", "regression")
+_ELEMENTWISE = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, _mse)
+
+
+def resolve_task(loss, task: str | None = None) -> str | None:
+    """What the targets of ``loss`` are: ``"classification"`` (integer labels ``[n]``), ``"regression"``, or
+    ``None`` (a custom loss with no ``task`` given: decided per batch from the targets' dtype).
+
+    Args:
+        loss: the loss as given to an algorithm (a name or a callable).
+        task: ``"classification"``, ``"regression"`` or ``None`` (infer: the cross-entropies are classification,
+            ``"mse"`` is regression, other callables follow their targets: integer labels are classification).
+    Raises:
+        ValueError: for another ``task``, or one that contradicts a named loss.
+    """
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be 'classification', 'regression' or None (inferred from the loss and the "
+                         f"targets), got {task!r}")
+    builtin = "classification" if is_classification(loss) else "regression" if loss == "mse" else None
+    if task is not None and builtin is not None and task != builtin:
+        raise ValueError(f"task={task!r} contradicts loss={loss!r}, which is a {builtin} loss; drop task= or pass "
+                         "a loss for that task")
+    return task if task is not None else builtin
+
+
+def is_elementwise(loss) -> bool:
+    """Whether ``loss`` compares predictions and targets elementwise (MSE, L1, Huber), so that both must have
+    the same shape: a mismatch would broadcast silently."""
+    while isinstance(loss, functools.partial):
+        loss = loss.func
+    return loss == "mse" or loss in _ELEMENTWISE or isinstance(
+        loss, (torch.nn.MSELoss, torch.nn.L1Loss, torch.nn.SmoothL1Loss, torch.nn.HuberLoss))
+
+
+def scalar_loss(value, pred: Tensor) -> Tensor:
+    """``value`` if it is a scalar tensor, else ``ValueError``: an unreduced loss (``reduction="none"``) would be
+    summed over the examples on the batched path (an inner step n times too large) and fail on the loop path."""
+    if not isinstance(value, Tensor) or value.dim() != 0:
+        shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"the loss must return a scalar (the mean over a task's examples), but it returned {shape} "
+                         f"for predictions {list(pred.shape)}: use reduction='mean' or take .mean() of the "
+                         "per-example losses")
+    return value
+
+
+def check_lr(name: str, value, learnable: bool = True) -> float | Tensor:
+    """A non-negative inner learning rate: a finite number, or (``learnable``) a scalar floating tensor, kept as
+    the same tensor when it requires grad (it is then meta-learned); ``ValueError`` otherwise."""
+    if isinstance(value, Tensor):
+        if not learnable:
+            raise ValueError(f"{name} must be a finite number >= 0, got a tensor")
+        if value.dim() != 0 or not value.is_floating_point():
+            raise ValueError(f"{name} as a tensor must be a floating scalar (0-dim), got {value.dtype} of shape "
+                             f"{list(value.shape)}; for one step size per weight use mlkit.MetaSGD")
+        check_number(name, float(value.detach()), minimum=0.0)
+        return value if value.requires_grad else float(value)
+    value = check_number(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 (a step size; a negative one climbs the loss), got {value!r}")
+    return value
+
+
 def check_number(name: str, value, minimum: float | None = None) -> float:
     """``value`` as a float; ``ValueError`` unless it is a finite real number (and ``>= minimum``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -119,7 +181,8 @@ def adapt(forward: Forward, loss_fn: LossFn, params: Params, support_x: Tensor, 
         params = {name: p.detach() for name, p in params.items()}
 
     def support_loss(moving: Params, fixed: Params) -> Tensor:
-        return loss_fn(forward({**fixed, **moving}, support_x), support_y)
+        pred = forward({**fixed, **moving}, support_x)
+        return scalar_loss(loss_fn(pred, support_y), pred)
 
     for _ in range(steps):
         moving = {name: params[name] for name in names}
@@ -138,7 +201,8 @@ def query_loss(forward: Forward, loss_fn: LossFn, params: Params, lr: LearningRa
                adapted: Collection[str] | None = None) -> Tensor:
     """The per-task meta-objective: query loss after adapting on the support set (one task, no task dim)."""
     task_params = adapt(forward, loss_fn, params, support_x, support_y, lr, steps, first_order, adapted)
-    return loss_fn(forward(task_params, query_x), query_y)
+    pred = forward(task_params, query_x)
+    return scalar_loss(loss_fn(pred, query_y), pred)
 
 
 def task_losses(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor,
@@ -159,7 +223,8 @@ def task_losses(forward: Forward, loss_fn: LossFn, params: Params, x: Tensor, y:
     shared = {} if shared is None else shared
 
     def one(p: Params, xt: Tensor, yt: Tensor, common: Params) -> Tensor:
-        return loss_fn(forward({**common, **p}, xt), yt)
+        pred = forward({**common, **p}, xt)
+        return scalar_loss(loss_fn(pred, yt), pred)
 
     if vectorize:
         return torch.func.vmap(one, in_dims=(0, 0, 0, None), randomness="different")(params, x, y, shared)

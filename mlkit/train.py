@@ -18,7 +18,7 @@ from .algorithms.base import MetaLearner, describe_callable
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
-OptimizerSpec = Union[str, Callable[..., torch.optim.Optimizer]]
+OptimizerSpec = Union[str, Callable[..., torch.optim.Optimizer], torch.optim.Optimizer]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -127,6 +127,7 @@ def evaluate(algorithm: MetaLearner, family, tasks: int = 600, steps: int | None
     """
     checks.positive_int("tasks", tasks)
     checks.positive_int("meta_batch", meta_batch)
+    checks.check_seed(seed)
     checks.check_family(family)
     if not isinstance(algorithm, MetaLearner):
         raise ValueError(f"algorithm must be an mlkit algorithm (MAML, ProtoNet, ...), got {type(algorithm).__name__}")
@@ -180,12 +181,16 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
         iterations: total outer steps; meta_batch: tasks per step.
         meta_lr: the outer learning rate of a named optimizer (default 1e-3).
         device: "auto" (cuda > mps > cpu), "cpu", "cuda[:N]", "mps".
-        seed: fixes the stream of training tasks (and the evaluation tasks). The model's initialisation is
+        seed: an integer that fixes the stream of training tasks (and the evaluation tasks). The model's initialisation is
             whatever it was built with: call ``torch.manual_seed`` before building the model to fix it too.
-        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, or a factory
-            ``params -> torch.optim.Optimizer`` (then give the learning rate inside it, not as ``meta_lr``).
+        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, a factory
+            ``params -> torch.optim.Optimizer`` (an optimizer class such as ``mlkit.optim.LearnedOptimizer``, or
+            ``lambda ps: torch.optim.SGD(ps, lr=0.1)``), or an optimizer instance built on
+            ``algorithm.parameters()`` (its state carries over between calls). Give the learning rate inside a
+            factory or instance, not as ``meta_lr``.
         scheduler: a factory ``optimizer -> torch.optim.lr_scheduler.LRScheduler``, stepped after every outer step
-            (e.g. Reptile's linear annealing: ``lambda opt: LinearLR(opt, 1.0, 0.0, iterations)``).
+            (e.g. Reptile's linear annealing: ``lambda opt: LinearLR(opt, 1.0, 0.0, iterations)``). A checkpoint
+            tells a lambda or nested function apart from another by its code, constants and closure values.
         clip_grad_norm: clip the meta-gradient to this total norm before each step.
         on_step, on_eval: callbacks receiving a :class:`Step` after every outer step and an :class:`Evaluation`
             after every evaluation (e.g. to log to TensorBoard); under torchrun, on rank 0 only.
@@ -205,6 +210,7 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
     """
     checks.positive_int("iterations", iterations)
     checks.positive_int("meta_batch", meta_batch)
+    checks.check_seed(seed)
     checks.positive_int("checkpoint_every", checkpoint_every)
     checks.positive_int("eval_tasks", eval_tasks)
     if eval_every is not None:
@@ -223,16 +229,24 @@ def fit(algorithm: MetaLearner, family, iterations: int, meta_batch: int = 25, m
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}: use one of {sorted(OPTIMIZERS)} or a factory params -> Optimizer")
-    elif callable(optimizer):
+    elif callable(optimizer) or isinstance(optimizer, torch.optim.Optimizer):
         if meta_lr is not None:
-            raise ValueError("meta_lr applies to a named optimizer; give the learning rate inside the optimizer factory")
+            raise ValueError("meta_lr applies to a named optimizer; give the learning rate inside the optimizer "
+                             "factory or instance")
     else:
-        raise ValueError(f"optimizer must be a name in {sorted(OPTIMIZERS)} or a factory params -> Optimizer, got {optimizer!r}")
+        raise ValueError(f"optimizer must be a name in {sorted(OPTIMIZERS)}, a factory params -> Optimizer or an "
+                         f"Optimizer instance, got {optimizer!r}")
     for name, value in (("scheduler", scheduler), ("on_step", on_step), ("on_eval", on_eval)):
         if value is not None and not callable(value):
             raise ValueError(f"{name} must be a callable, got {value!r}")
     if not isinstance(algorithm, MetaLearner):
         raise ValueError(f"algorithm must be an mlkit algorithm (MAML, MetaSGD, ...), got {type(algorithm).__name__}")
+    if isinstance(optimizer, torch.optim.Optimizer):
+        mine = {id(p) for p in algorithm.parameters()}
+        foreign = sum(id(p) not in mine for group in optimizer.param_groups for p in group["params"])
+        if foreign:
+            raise ValueError(f"the optimizer instance holds {foreign} tensors that are not parameters of the "
+                             "algorithm; build it on algorithm.parameters() (after building the algorithm)")
     checks.check_family(family)
     checks.check_family(family if eval_family is None else eval_family, "eval_family")
     device = resolve_device(device)
@@ -262,6 +276,8 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
     params = [p for p in algorithm.parameters() if p.requires_grad]
     if isinstance(optimizer_spec, str):
         optimizer = OPTIMIZERS[optimizer_spec](params, lr=1e-3 if meta_lr is None else meta_lr)
+    elif isinstance(optimizer_spec, torch.optim.Optimizer):
+        optimizer = optimizer_spec
     else:
         optimizer = optimizer_spec(params)
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -279,8 +295,10 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
         state = state if world is None else world.broadcast(state)
         if state is not None:
             if state["config"] != config:
-                raise ValueError(f"checkpoint {str(path)!r} was written with {state['config']}, not {config}; "
-                                 "use the same settings or another checkpoint path")
+                differ = ", ".join(f"{k}={state['config'].get(k)!r}, not {v!r}" for k, v in config.items()
+                                   if state["config"].get(k) != v)
+                raise ValueError(f"checkpoint {str(path)!r} was written with other settings: {differ}; use the same "
+                                 "settings or another checkpoint path")
             algorithm.load_state_dict(state["algorithm"])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None:
@@ -325,7 +343,7 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
+        lr = optimizer.param_groups[0].get("lr", float("nan"))
         if scheduler is not None:
             scheduler.step()
         history.seconds += now() - began
@@ -354,7 +372,10 @@ def _train(algorithm, family, iterations, meta_batch, meta_lr, device, seed, opt
 
 
 def _describe(spec) -> str:
-    """A stable name for an optimizer or scheduler given by name or factory (checked when resuming)."""
+    """A stable name for an optimizer or scheduler given by name, factory or instance (checked when resuming)."""
+    if isinstance(spec, torch.optim.Optimizer):
+        options = {k: v for k, v in spec.defaults.items() if isinstance(v, (bool, int, float, str, tuple, type(None)))}
+        return f"{type(spec).__module__}.{type(spec).__qualname__}({sorted(options.items())})"
     return spec if isinstance(spec, str) else describe_callable(spec)
 
 

@@ -234,3 +234,343 @@ def test_fit_and_evaluate_check_the_family_protocol_the_same_way(call):
     with pytest.raises(ValueError, match=r"sample must accept \(tasks, generator=None, device=None\)"):
         run()
     assert isinstance(mlkit.tasks.Sinusoid(), mlkit.TaskFamily) and not isinstance(object(), mlkit.TaskFamily)
+
+
+# Your own losses and models (issue 25) ---------------------------------------------------------------------------
+import copy  # noqa: E402
+import warnings  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+from torch.optim.lr_scheduler import LambdaLR, StepLR  # noqa: E402
+
+
+def focal_loss(pred, target, gamma=2.0):
+    log_p = F.log_softmax(pred, -1).gather(1, target[:, None])[:, 0]
+    return (-(1 - log_p.exp()) ** gamma * log_p).mean()
+
+
+def gaussian_nll(pred, target):
+    """A vmap-able Gaussian NLL: pred [n, 2] = (mean, raw scale), target [n, 1]."""
+    var = F.softplus(pred[:, 1:]) + 1e-3
+    return 0.5 * (var.log() + (target - pred[:, :1]) ** 2 / var).mean()
+
+
+def meta_grad(algorithm, batch):
+    return torch.cat([g.flatten() for g in torch.autograd.grad(algorithm.meta_loss(batch), list(algorithm.parameters()))])
+
+
+@pytest.mark.parametrize("loss", ["lambda", "focal_gamma_0", "nll"])
+def test_a_custom_cross_entropy_gives_the_builtin_meta_gradient_on_both_paths(loss, float64):
+    batch = classification_tasks().to(torch.float64)
+    reference = meta_grad(mlkit.MAML(classifier(), "cross_entropy", inner_lr=0.3, inner_steps=2), batch)
+    if loss == "nll":
+        model, loss_fn = nn.Sequential(classifier(), nn.LogSoftmax(-1)), nn.NLLLoss()
+    else:
+        model = classifier()
+        loss_fn = (lambda p, y: F.cross_entropy(p, y)) if loss == "lambda" else (lambda p, y: focal_loss(p, y, 0.0))
+    for batched in (True, False):
+        maml = mlkit.MAML(copy.deepcopy(model), loss_fn, inner_lr=0.3, inner_steps=2, batched=batched)
+        torch.testing.assert_close(meta_grad(maml, batch), reference)
+
+
+@pytest.mark.parametrize("loss", ["focal", "label_smoothing", "gaussian_nll", "torch_gaussian_nll"])
+def test_focal_label_smoothing_and_gaussian_nll_train_with_batched_equal_to_loop(loss, float64):
+    if loss in ("focal", "label_smoothing"):
+        batch, model = classification_tasks().to(torch.float64), classifier()
+        loss_fn = focal_loss if loss == "focal" else nn.CrossEntropyLoss(label_smoothing=0.1)
+    else:
+        batch, model = random_tasks().to(torch.float64), mlkit.models.MLP(3, [16], 2)
+        loss_fn = gaussian_nll if loss == "gaussian_nll" else (
+            lambda p, y: F.gaussian_nll_loss(p[:, :1], y, F.softplus(p[:, 1:]) + 1e-3))
+    loop = meta_grad(mlkit.MAML(copy.deepcopy(model), loss_fn, inner_lr=0.1, batched=False), batch)
+    batched = mlkit.MAML(copy.deepcopy(model), loss_fn, inner_lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.testing.assert_close(meta_grad(batched, batch), loop)
+    # torch's gaussian_nll_loss checks its variance with a data-dependent `if`: the loss is named as the culprit
+    assert [str(w.message)[:8] for w in caught if "vmap" in str(w.message)] == (
+        ["the loss"] if loss == "torch_gaussian_nll" else [])
+
+
+def test_a_custom_loss_with_task_classification_checks_labels_and_reports_accuracy():
+    maml = mlkit.MAML(classifier(ways=3), focal_loss, task="classification")
+    assert mlkit.train.metric_name(maml) == "accuracy"
+    bad = classification_tasks(ways=4)
+    with pytest.raises(ValueError, match=r"support_y contains label 3, but the model outputs 3 classes"):
+        maml.meta_loss(bad)
+    mean, _ = mlkit.evaluate(maml, FixedFamily(classification_tasks()), tasks=3)
+    assert 0 <= mean <= 100
+
+
+class FixedFamily:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def sample(self, tasks, generator=None, device=None):
+        return self.batch[:tasks]
+
+
+@pytest.mark.parametrize("loss, task, message", [("mse", "classification", "contradicts loss='mse'"),
+                                                 ("cross_entropy", "regression", "contradicts"),
+                                                 (focal_loss, "labels", "task must be 'classification'")])
+def test_a_task_that_is_unknown_or_contradicts_the_loss_is_refused(loss, task, message):
+    with pytest.raises(ValueError, match=message):
+        mlkit.MAML(classifier(), loss, task=task)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_an_unreduced_loss_is_refused_on_both_paths(batched):
+    maml = mlkit.MAML(mlkit.models.MLP(3, [8], 1), nn.MSELoss(reduction="none"), batched=batched)
+    with pytest.raises(ValueError, match=r"the loss must return a scalar .* returned \[5, 1\].*reduction='mean'"):
+        maml.meta_loss(random_tasks())
+
+
+def test_the_learned_optimizer_trains_in_fit_and_a_scheduler_scales_its_steps():
+    maml = mlkit.MAML(mlkit.models.MLP(1, [8], 1))
+    before = copy.deepcopy(maml.state_dict())
+    seen = []
+    mlkit.fit(maml, mlkit.tasks.Sinusoid(), iterations=3, meta_batch=2, device="cpu", progress=False,
+              optimizer=mlkit.optim.LearnedOptimizer, scheduler=lambda opt: StepLR(opt, 1, gamma=0.5),
+              on_step=lambda step: seen.append(step.lr))
+    assert seen == [1.0, 0.5, 0.25]
+    assert not torch.equal(before["model.0.weight"], maml.model[0].weight)
+
+
+def test_learned_optimizer_step_size_follows_its_lr():
+    torch.manual_seed(0)
+    x0 = torch.randn(5)
+    a, b = nn.Parameter(x0.clone()), nn.Parameter(x0.clone())
+    full, half = mlkit.optim.LearnedOptimizer([a]), mlkit.optim.LearnedOptimizer([b])
+    LambdaLR(half, lambda i: 0.5)
+    assert half.param_groups[0]["lr"] == 0.5
+    for p, opt in ((a, full), (b, half)):
+        p.grad = torch.linspace(-1, 1, 5)
+        opt.step()
+    torch.testing.assert_close(b.detach() - x0, 0.5 * (a.detach() - x0))
+    old = full.state_dict()
+    old["param_groups"] = [{("scale" if k == "lr" else k): v for k, v in g.items()} for g in old["param_groups"]]
+    half.load_state_dict(old)  # a state saved when the multiplier was called "scale"
+    assert half.param_groups[0]["lr"] == 1.0
+
+
+class DataDependentIf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, x):
+        h = self.linear(x)
+        return h * 2 if h.sum() > 0 else h
+
+
+class GRUModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru, self.out = nn.GRU(3, 8, batch_first=True), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.out(self.gru(x[:, None])[0][:, -1])
+
+
+class ItemScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.linear(x) * float(x.abs().max().item())
+
+
+class BooleanMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, x):
+        h = self.linear(x)
+        return h + 0 * h[h > 0].sum()
+
+
+@pytest.mark.parametrize("model, where", [(DataDependentIf, r"model \(DataDependentIf\)"), (GRUModel, r"model\.gru \(GRU\)"),
+                                          (ItemScale, r"model \(ItemScale\)"), (BooleanMask, r"model \(BooleanMask\)")])
+@pytest.mark.parametrize("algorithm", [mlkit.MAML, mlkit.Reptile])
+def test_a_model_vmap_cannot_run_falls_back_to_the_loop_with_one_warning_naming_the_layer(model, where, algorithm):
+    torch.manual_seed(0)
+    net, batch = model(), random_tasks()
+    reference = algorithm(copy.deepcopy(net), batched=False)
+    fallback = algorithm(net)
+    with pytest.warns(UserWarning, match=rf"{where} cannot run under torch.func.vmap .*batched=False"):
+        loss = fallback.meta_loss(batch)
+    torch.testing.assert_close(loss, reference.meta_loss(batch))
+    assert fallback.batched is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fallback.meta_loss(batch)
+        torch.testing.assert_close(fallback.query_predictions(batch), reference.query_predictions(batch))
+
+
+def test_evaluate_and_query_predictions_work_under_inference_mode():
+    torch.manual_seed(0)
+    maml = mlkit.MAML(mlkit.models.MLP(1, [8], 1), inner_lr=0.1, inner_steps=2)
+    family = mlkit.tasks.Sinusoid()
+    batch = family.sample(3)
+    expected, score = maml.query_predictions(batch), mlkit.evaluate(maml, family, tasks=6)
+    adapted = maml.adapt(batch.support_x[0], batch.support_y[0], differentiable=False)
+    with torch.inference_mode():
+        torch.testing.assert_close(maml.query_predictions(batch), expected)
+        assert mlkit.evaluate(maml, family, tasks=6) == score
+        torch.testing.assert_close(maml.adapt(batch.support_x[0], batch.support_y[0]), adapted)
+
+
+def test_adapt_on_a_fresh_model_refuses_a_batch_of_tasks():
+    maml = mlkit.MAML(mlkit.models.MLP(1, [8], 1))
+    batch = mlkit.tasks.Sinusoid().sample(4)
+    with pytest.raises(ValueError, match=r"support_x \[4, 10, 1\] looks like a batch of tasks.*batch\.support_x\[i\]"):
+        maml.adapt(batch.support_x, batch.support_y)
+    assert maml.adapt(batch.support_x[0], batch.support_y[0])["0.weight"].shape == (8, 1)
+
+
+def test_predict_refuses_a_partial_params_dict():
+    maml = mlkit.MAML(mlkit.models.MLP(1, [8], 1))
+    batch = mlkit.tasks.Sinusoid().sample(1)
+    params = maml.adapt(batch.support_x[0], batch.support_y[0])
+    with pytest.raises(ValueError, match=r"missing \['0.weight', '0.bias', '2.bias'\].*whole dict from adapt"):
+        maml.predict({"2.weight": params["2.weight"]}, batch.query_x[0])
+    with pytest.raises(ValueError, match="prototypes"):
+        mlkit.ProtoNet(classifier()).predict(params, torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("call", ["MAML", "Reptile", "MetaSGD", "setter", "adapt", "evaluate", "layer dict"])
+def test_negative_inner_learning_rates_are_refused_everywhere(call):
+    model = mlkit.models.MLP(1, [8], 1)
+    batch = mlkit.tasks.Sinusoid().sample(1)
+    run = {"MAML": lambda: mlkit.MAML(model, inner_lr=-0.1), "Reptile": lambda: mlkit.Reptile(model, inner_lr=-0.1),
+           "MetaSGD": lambda: mlkit.MetaSGD(model, inner_lr=-0.1),
+           "setter": lambda: setattr(mlkit.MAML(model), "inner_lr", -1),
+           "adapt": lambda: mlkit.MAML(model).adapt(batch.support_x[0], batch.support_y[0], inner_lr=-0.1),
+           "evaluate": lambda: mlkit.evaluate(mlkit.MAML(model), mlkit.tasks.Sinusoid(), tasks=2, inner_lr=-0.1),
+           "layer dict": lambda: mlkit.MAML(model, inner_lr={"": 0.1, "2": -0.2})}[call]
+    with pytest.raises(ValueError, match=r"inner_lr(\['2'\])? must be >= 0"):
+        run()
+
+
+def test_a_per_layer_prefix_that_matches_nothing_is_refused():
+    with pytest.raises(ValueError, match=r"inner_lr prefix 'head' matches no parameter.*'0.weight'"):
+        mlkit.MAML(mlkit.models.MLP(1, [8], 1), inner_lr={"": 0.1, "head": 0.5})
+
+
+def _empty(part):
+    batch = classification_tasks()
+    if part == "tasks":
+        return mlkit.TaskBatch(batch.support_x[:0], batch.support_y[:0], batch.query_x[:0], batch.query_y[:0])
+    if part == "support":
+        return mlkit.TaskBatch(batch.support_x[:, :0], batch.support_y[:, :0], batch.query_x, batch.query_y)
+    return mlkit.TaskBatch(batch.support_x, batch.support_y, batch.query_x[:, :0], batch.query_y[:, :0])
+
+
+@pytest.mark.parametrize("algorithm", [lambda: mlkit.MAML(classifier(), "cross_entropy"),
+                                       lambda: mlkit.ProtoNet(classifier())])
+@pytest.mark.parametrize("part, message", [("tasks", "the batch has 0 tasks"),
+                                           ("support", "every task's support set in the batch is empty"),
+                                           ("query", "every task's query set in the batch is empty")])
+def test_empty_sets_and_zero_tasks_are_refused(algorithm, part, message):
+    with pytest.raises(ValueError, match=message):
+        algorithm().meta_loss(_empty(part))
+
+
+@pytest.mark.parametrize("algorithm", [lambda: mlkit.MAML(classifier(), "cross_entropy"),
+                                       lambda: mlkit.MAML(classifier(), focal_loss, task="classification"),
+                                       lambda: mlkit.ProtoNet(classifier())])
+def test_uint8_labels_are_refused_saying_convert_to_long(algorithm):
+    batch = classification_tasks()
+    batch = mlkit.TaskBatch(batch.support_x, batch.support_y.to(torch.uint8), batch.query_x, batch.query_y)
+    with pytest.raises(ValueError, match=r"support_y holds torch.uint8 class labels.*\.long\(\)"):
+        algorithm().meta_loss(batch)
+
+
+def test_protonet_adapt_refuses_mismatched_lengths_and_an_empty_support_set():
+    protonet, x, y = mlkit.ProtoNet(classifier()), torch.randn(6, 4), torch.arange(3).repeat(2)
+    with pytest.raises(ValueError, match="support_x has 6 examples but support_y has 4"):
+        protonet.adapt(x, y[:4])
+    with pytest.raises(ValueError, match=r"support_x has no examples \(shape \[0, 4\]\)"):
+        protonet.adapt(x[:0], y[:0])
+
+
+@pytest.mark.parametrize("call", ["fit", "evaluate"])
+def test_seed_none_is_refused_with_how_to_get_a_fresh_stream(call):
+    maml, family = mlkit.MAML(mlkit.models.MLP(1, [8], 1)), mlkit.tasks.Sinusoid()
+    with pytest.raises(ValueError, match=r"seed must be an integer.*random\.randrange"):
+        if call == "fit":
+            mlkit.fit(maml, family, iterations=1, seed=None, progress=False)
+        else:
+            mlkit.evaluate(maml, family, tasks=2, seed=None)
+
+
+def test_resuming_with_another_scheduler_lambda_is_refused_and_with_the_same_one_resumes(tmp_path):
+    path, family = tmp_path / "run.pt", mlkit.tasks.Sinusoid()
+    maml = mlkit.MAML(mlkit.models.MLP(1, [8], 1))
+
+    def run(iterations, factor):
+        return mlkit.fit(maml, family, iterations, meta_batch=2, device="cpu", progress=False, checkpoint=path,
+                         scheduler=lambda opt: LambdaLR(opt, lambda i: factor))
+
+    run(2, 1.0)
+    with pytest.raises(ValueError, match=r"other settings: scheduler='.*<lambda>#[0-9a-f]{12}', not '.*<lambda>#"):
+        run(4, 0.1)
+    with pytest.raises(ValueError, match="other settings: scheduler="):
+        mlkit.fit(maml, family, 4, meta_batch=2, device="cpu", progress=False, checkpoint=path,
+                  scheduler=lambda opt: StepLR(opt, 1))
+    assert run(4, 1.0).iteration == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("form", ["scalar", "per_layer"])
+def test_a_learnable_inner_lr_gets_the_finite_difference_gradient(form, float64):
+    torch.manual_seed(0)
+    batch = random_tasks().to(torch.float64)
+    alpha = nn.Parameter(torch.tensor(0.2))
+    maml = mlkit.MAML(mlkit.models.MLP(3, [8], 1), inner_lr=alpha if form == "scalar" else {"": 0.1, "2": alpha},
+                      inner_steps=2)
+    assert any(p is alpha for p in maml.parameters())
+    grads = {}
+    for batched in (True, False):
+        (grad,) = torch.autograd.grad(maml.meta_loss(batch, batched=batched), [alpha])
+        grads[batched] = grad
+    eps = 1e-6
+    with torch.no_grad():
+        alpha += eps
+        up = maml.meta_loss(batch, batched=False)
+        alpha -= 2 * eps
+        down = maml.meta_loss(batch, batched=False)
+        alpha += eps
+    torch.testing.assert_close(grads[True], (up - down) / (2 * eps))
+    torch.testing.assert_close(grads[False], grads[True])
+    mlkit.fit(maml, FixedFamily(batch), iterations=2, meta_batch=2, device="cpu", progress=False)
+    assert alpha.item() != 0.2
+    assert maml.settings()["inner_lr"] == ("learned" if form == "scalar" else {"": 0.1, "2": "learned"})
+    restored = mlkit.MAML(mlkit.models.MLP(3, [8], 1), inner_lr=nn.Parameter(torch.tensor(0.5)) if form == "scalar"
+                          else {"": 0.1, "2": nn.Parameter(torch.tensor(0.5))}, inner_steps=2)
+    restored.load_state_dict(maml.state_dict())
+    assert next(iter(restored.learned_lrs.values())).item() == alpha.item()
+
+
+def test_reptile_and_metasgd_refuse_a_learnable_inner_lr():
+    for algorithm in (mlkit.Reptile, mlkit.MetaSGD):
+        with pytest.raises(ValueError, match="inner_lr"):
+            algorithm(mlkit.models.MLP(1, [8], 1), inner_lr=nn.Parameter(torch.tensor(0.1)))
+
+
+def test_fit_takes_an_optimizer_instance_and_matches_the_factory():
+    family, results = mlkit.tasks.Sinusoid(), []
+    for form in ("instance", "factory"):
+        torch.manual_seed(0)
+        maml = mlkit.MAML(mlkit.models.MLP(1, [8], 1))
+        optimizer = torch.optim.SGD(maml.parameters(), lr=0.05) if form == "instance" else \
+            (lambda ps: torch.optim.SGD(ps, lr=0.05))
+        results.append(mlkit.fit(maml, family, iterations=3, meta_batch=2, device="cpu", progress=False,
+                                 optimizer=optimizer).loss)
+    assert results[0] == results[1]
+    other = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="holds 2 tensors that are not parameters of the algorithm"):
+        mlkit.fit(mlkit.MAML(mlkit.models.MLP(1, [8], 1)), family, 1, optimizer=other, progress=False)
+    with pytest.raises(ValueError, match="meta_lr applies to a named optimizer"):
+        mlkit.fit(maml, family, 1, optimizer=torch.optim.SGD(maml.parameters(), lr=0.1), meta_lr=0.1, progress=False)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import core
 from ..tasks import TaskBatch
-from .maml import MAML
+from .maml import MAML, _matches as _under
 
 
 class ANIL(MAML):
@@ -27,9 +27,9 @@ class ANIL(MAML):
 
     def __init__(self, model: nn.Module, loss="mse", inner_lr: float | Mapping[str, float] = 0.01,
                  inner_steps: int = 1, first_order: bool = False, head: str | Sequence[str] | None = None,
-                 batched: bool = True, reuse_features: bool = True):
+                 batched: bool = True, reuse_features: bool = True, task: str | None = None):
         self.head = _head_prefixes(model, head)
-        super().__init__(model, loss, inner_lr, inner_steps, first_order, batched)
+        super().__init__(model, loss, inner_lr, inner_steps, first_order, batched, task)
         self.reuse_features = reuse_features
 
     def settings(self) -> dict:
@@ -91,10 +91,6 @@ class ANIL(MAML):
         with torch.no_grad():
             per_task, shared, query = self._adapt_on_features(batch, steps, lr, True)
             return core.task_outputs(self.head_forward, per_task, query, True, shared)
-
-
-def _under(name: str, prefix: str) -> bool:
-    return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
 def _head_prefixes(model: nn.Module, head: str | Sequence[str] | None) -> list[str]:

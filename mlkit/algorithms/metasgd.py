@@ -20,10 +20,11 @@ class MetaSGD(MAML):
     """
 
     def __init__(self, model: nn.Module, loss="mse", inner_lr: float = 0.01, inner_steps: int = 1,
-                 first_order: bool = False, batched: bool = True, init_range: tuple[float, float] | None = None):
-        if isinstance(inner_lr, dict):
+                 first_order: bool = False, batched: bool = True, init_range: tuple[float, float] | None = None,
+                 task: str | None = None):
+        if isinstance(inner_lr, (dict, torch.Tensor)):
             raise ValueError("Meta-SGD learns one step size per weight: give inner_lr as the float they start from")
-        super().__init__(model, loss, inner_lr, inner_steps, first_order, batched)
+        super().__init__(model, loss, inner_lr, inner_steps, first_order, batched, task)
         if init_range is not None:
             low, high = (core.check_number("init_range", v) for v in init_range)
             if low > high:

@@ -74,13 +74,15 @@ class ProtoNet(MetaLearner):
 
         if batched and self.vectorize(batch.query_x):
             return self.readable(lambda: torch.func.vmap(one, randomness="different")(*tensors),
-                                 lambda: self._logits(batch[0], ways, False))
+                                 lambda: self._logits(batch[0], ways, False),
+                                 lambda: self._logits(batch, ways, False))
         return torch.stack([one(*task) for task in zip(*tensors)])
 
     def check_episodes(self, batch: TaskBatch) -> int:
         """Check the batch and return its number of ways: labels ``0..ways-1``, each in every support set."""
         super().check_batch(batch, targets=False)
-        ways = int(batch.support_y.max()) + 1 if batch.support_y.numel() else 0
+        checks.check_targets(batch.support_y, (batch.support_y.shape[1],), True, "support_y")
+        ways = int(batch.support_y.max()) + 1
         checks.check_targets(batch.support_y, (ways,), True, "support_y")
         checks.check_targets(batch.query_y, (ways,), True, "query_y")
         present = F.one_hot(batch.support_y, ways).sum(1) > 0
@@ -115,8 +117,10 @@ class ProtoNet(MetaLearner):
         if inner_lr is not None:
             raise ValueError("ProtoNet has no inner learning rate: its map from support set to classifier is the class means")
         self.check_task(support_x)
+        checks.check_examples(support_x, support_y, "support")
         if unlabeled_x is not None:
             self.check_task(unlabeled_x, name="unlabeled")
+        checks.check_targets(support_y[None], (support_y.shape[0],), True, "support_y")
         ways = int(support_y.max()) + 1
         checks.check_targets(support_y[None], (ways,), True, "support_y")
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
@@ -124,6 +128,8 @@ class ProtoNet(MetaLearner):
 
     def predict(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """Logits ``[n, ways]``: minus the squared Euclidean distance of each embedded ``x: [n, *in]`` to each prototype."""
+        if not isinstance(params, dict) or "prototypes" not in params:
+            raise ValueError("params must be the dict ProtoNet.adapt returned, {'prototypes': [ways, dim]}")
         self.check_task(x, name="query")
         return -squared_distances(self.embed(self.params(), x), params["prototypes"])
 

@@ -24,11 +24,14 @@ class Reptile(MAML):
     """
 
     def __init__(self, model: nn.Module, loss="mse", inner_lr: float = 0.01, inner_steps: int = 5,
-                 batched: bool = True):
-        super().__init__(model, loss, inner_lr, inner_steps, first_order=True, batched=batched)
+                 batched: bool = True, task: str | None = None):
+        super().__init__(model, loss, inner_lr, inner_steps, first_order=True, batched=batched, task=task)
+        if len(self.learned_lrs):
+            raise ValueError("Reptile's update does not differentiate through the inner loop, so it cannot learn "
+                             "inner_lr: give a float (or use MAML / MetaSGD to learn step sizes)")
 
     def settings(self) -> dict:
-        return {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps}
+        return {"inner_lr": self.described_lr(), "inner_steps": self.inner_steps}
 
     def meta_loss(self, batch: TaskBatch, steps: int | None = None, batched: bool | None = None) -> Tensor:
         """Mean query loss at the adapted weights, whose gradient is the Reptile direction ``mean_i(θ - θ'_i)``."""
@@ -38,7 +41,8 @@ class Reptile(MAML):
         theta, names = self.params(), self.adapted_names()
         if self.batched if batched is None else batched:
             query, direction = self.readable(lambda: self._batched_adaptation(batch, steps),
-                                             lambda: self._loop_adaptation(batch[0], steps))
+                                             lambda: self._loop_adaptation(batch[0], steps),
+                                             lambda: self._loop_adaptation(batch, steps))
         else:
             query, direction = self._loop_adaptation(batch, steps)
         surrogate = sum((theta[name] * direction[name]).sum() for name in names)

@@ -58,7 +58,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params: parameters or parameter groups, as for any optimiser.
         weights: ``"mlp"`` (default: the shipped optimiser meta-trained on a small sigmoid MLP), ``"quadratic"``,
             a path written by :func:`save_params`, or a dict of weights (:func:`mlkit.optim.lstm.init_params`).
-        scale: multiplies every proposed step (1 is the network as trained).
+        scale: multiplies every proposed step (1 is the network as trained). It is each parameter group's
+            ``"lr"``, so learning-rate schedulers (``StepLR``, ``LambdaLR``, ...) scale the proposed steps, and
+            :func:`mlkit.fit` takes ``optimizer=LearnedOptimizer`` (or a factory or an instance of it).
 
     It was meta-trained for 100 steps on small networks; far outside that (long runs, ReLU nets, large
     models) it may do worse than a tuned Adam: see the book's chapter on learned optimisers.
@@ -73,7 +75,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         else:
             rule, self.record = load_params(weights)
         self.rule = rule
-        super().__init__(params, {"scale": float(scale)})
+        super().__init__(params, {"lr": float(scale)})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -101,7 +103,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             start = 0
             for p in params:
                 n = p.numel()
-                p.add_(group["scale"] * update[start:start + n].view_as(p).to(p.dtype))
+                p.add_(group["lr"] * update[start:start + n].view_as(p).to(p.dtype))
                 s = self.state[p]
                 s["hidden"], s["cell"] = state.hidden[:, start:start + n], state.cell[:, start:start + n]
                 s["step"] += 1
@@ -118,6 +120,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """Resume from :meth:`state_dict` (the LSTM weights included, when present)."""
         state_dict = dict(state_dict)
         rule = state_dict.pop("rule", None)
+        # States saved before the step multiplier was named "lr" call it "scale".
+        state_dict["param_groups"] = [{("lr" if k == "scale" else k): v for k, v in group.items()}
+                                      for group in state_dict["param_groups"]]
         if rule is not None:
             lstm.check_params(rule)
             self.rule = {n: t.detach().clone() for n, t in rule.items()}
