@@ -2,11 +2,15 @@
 
 ``Navigation2D`` and ``rollout`` step many tasks and trajectories at once in torch; ``Navigation2DEnv`` is the
 same task as a ``gymnasium.Env`` (imported on first use: ``pip install -e ".[rl]"``), registered as
-``mlkit/Navigation2D-v0`` by ``register()``. ``MAMLTRPO`` meta-trains a ``GaussianMLPPolicy``; ``fine_tune``
+``mlkit/Navigation2D-v0`` as soon as gymnasium is imported, before or after ``mlkit.rl`` (``import mlkit`` does
+not import gymnasium itself), or at once by ``register()``. ``MAMLTRPO`` meta-trains a ``GaussianMLPPolicy``; ``fine_tune``
 adapts a policy to new goals; ``load_pretrained`` loads the shipped policies.
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 from importlib import resources
 
 import torch
@@ -46,6 +50,36 @@ def register() -> None:
     register_gym()
 
 
+class _RegisterAfterGymnasium(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when gymnasium is first imported, wraps its loader so that ``mlkit/Navigation2D-v0``
+    is registered right after gymnasium's own registrations, then steps aside."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "gymnasium":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_register(module):
+            exec_module(module)
+            register()
+
+        spec.loader.exec_module = exec_and_register
+        return spec
+
+
+def _register_with_gymnasium() -> None:
+    """Register the environment now if gymnasium is imported, or once it is (if it is installed)."""
+    if "gymnasium" in sys.modules:
+        register()
+    elif importlib.util.find_spec("gymnasium") is not None and \
+            not any(isinstance(f, _RegisterAfterGymnasium) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterGymnasium())
+
+
 def __getattr__(name: str):
     if name == "Navigation2DEnv":  # imported lazily so that `import mlkit` never imports gymnasium
         from .gym_env import Navigation2DEnv
@@ -58,3 +92,5 @@ __all__ = ["Navigation2D", "Navigation2DEnv", "Trajectories", "rollout", "Gaussi
            "dice_policy_gradient_loss", "adapt_tasks", "per_task_act", "shared_act", "MAMLTRPO", "MetaBatch",
            "TRPOSettings", "conjugate_gradient", "line_search", "fine_tune", "FineTuneResult", "train", "TrainHistory",
            "load_pretrained", "register", "PRETRAINED"]
+
+_register_with_gymnasium()

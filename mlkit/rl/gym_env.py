@@ -1,7 +1,7 @@
 """The 2-D navigation task as a standard ``gymnasium.Env`` (``pip install -e ".[rl]"``).
 
-Importing this module registers it as ``mlkit/Navigation2D-v0``; ``mlkit.rl.register()`` does the same, and
-``gymnasium.make("mlkit.rl.gym_env:mlkit/Navigation2D-v0")`` imports it on demand. The definitions are those
+Importing ``mlkit.rl`` registers it as ``mlkit/Navigation2D-v0`` once gymnasium is imported (before or after),
+without importing gymnasium itself; importing this module or calling ``mlkit.rl.register()`` does it at once. The definitions are those
 of :mod:`mlkit.rl.navigation` (the same constants; trajectories are tested identical to the batched version).
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ class Navigation2DEnv(gym.Env):
     ``-‖position - goal‖`` after the move. The episode terminates within 0.01 of the goal on both axes and is
     truncated after ``horizon`` (100) steps.
 
-    The task is the goal. Set it with ``reset_task(goal)`` or ``reset(options={"goal": goal})``; draw goals
-    uniformly from ``[-0.5, 0.5]²`` with ``sample_tasks(n)`` (seeded by ``reset(seed=...)``). Without a goal,
-    the first reset draws one.
+    The task is the goal. Set it with ``reset_task(goal)``, ``reset(options={"goal": goal})`` or ``goal=``; draw
+    goals uniformly from ``[-0.5, 0.5]²`` with ``sample_tasks(n)`` (seeded by ``reset(seed=...)``). Without a goal
+    set, the first reset draws one and every ``reset(seed=...)`` draws it again from the new seed (so the same
+    seed gives the same goal); a goal that was set stays until another is set.
 
     Args:
         goal: an initial goal ``(x, y)`` or None. horizon: the episode length.
@@ -45,6 +46,7 @@ class Navigation2DEnv(gym.Env):
         self.action_space = spaces.Box(-MAX_ACTION, MAX_ACTION, shape=(2,), dtype=np.float32)
         self.horizon = horizon
         self._goal = None if goal is None else self._check_goal(goal)
+        self._goal_drawn = goal is None  # the environment drew the goal (and redraws it on a seeded reset)
         self._state = np.zeros(2, dtype=np.float32)
         self._steps = 0
 
@@ -72,13 +74,15 @@ class Navigation2DEnv(gym.Env):
     def reset_task(self, goal) -> None:
         """Make ``goal`` the task of the following episodes."""
         self._goal = self._check_goal(goal)
+        self._goal_drawn = False
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if options is not None and "goal" in options:
             self.reset_task(options["goal"])
-        elif self._goal is None:
+        elif self._goal is None or (seed is not None and self._goal_drawn):
             self._goal = self.sample_tasks(1)[0]
+            self._goal_drawn = True
         self._state = np.zeros(2, dtype=np.float32)
         self._steps = 0
         return self._state.copy(), {"goal": self._goal.copy()}

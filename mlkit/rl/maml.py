@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .. import core
 from .baseline import advantages
-from .navigation import Navigation2D, Trajectories, rollout
+from .navigation import Navigation2D, Trajectories, as_batched, rollout
 from .policy import GaussianMLPPolicy, kl_divergence, log_prob
 from .trpo import TRPOSettings, conjugate_gradient, line_search
 
@@ -114,12 +114,6 @@ def shared_act(policy: GaussianMLPPolicy, params: Params):
     return functools.partial(policy.functional, params)
 
 
-def _check_lr(name: str, lr) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
-        raise ValueError(f"{name} must be a finite number, got {lr!r}")
-    return float(lr)
-
-
 @dataclass
 class MetaBatch:
     """One meta-iteration's data: each task's inner trajectories (under θ) and outer trajectories (under θ'_i).
@@ -148,7 +142,8 @@ class MAMLTRPO(nn.Module):
 
     Args:
         policy: the policy whose parameters θ are meta-learned.
-        env: the task family. inner_lr: α (0.1, Finn et al., 2017, App. A.2).
+        env: the task family: a :class:`Navigation2D`, or ``gymnasium.make("mlkit/Navigation2D-v0")`` (wrapped or
+            not), whose horizon it takes. inner_lr: α >= 0 (0.1, Finn et al., 2017, App. A.2).
         inner_steps: 1 (MAML) or 0: no adaptation, which trains one policy on all tasks jointly with the same
             TRPO step (the "pretrained" baseline of the paper).
         trajectories: trajectories per task for the inner step and for the outer objective (20).
@@ -176,8 +171,8 @@ class MAMLTRPO(nn.Module):
         if not isinstance(trpo, TRPOSettings):
             raise ValueError(f"trpo must be a mlkit.rl.TRPOSettings, got {type(trpo).__name__}")
         self.policy = policy
-        self.env = env
-        self.inner_lr = _check_lr("inner_lr", inner_lr)
+        self.env = as_batched(env)
+        self.inner_lr = core.check_lr("inner_lr", inner_lr, learnable=False)
         self.inner_steps = inner_steps
         self.trajectories = trajectories
         self.gamma = float(gamma)

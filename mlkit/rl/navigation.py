@@ -18,6 +18,7 @@ a Gaussian policy. ``mlkit.rl.Navigation2DEnv`` is the same task as a ``gymnasiu
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -159,3 +160,20 @@ def rollout(act: Act, goals: Tensor, noise: Tensor, env: Navigation2D = Navigati
             alive = alive & ~reached
     return Trajectories(torch.stack(observations, 2), torch.stack(actions, 2), torch.stack(rewards, 2),
                         torch.stack(masks, 2).to(goals.dtype))
+
+
+def as_batched(env) -> Navigation2D:
+    """The batched task family of ``env``: a :class:`Navigation2D` itself, or the ``mlkit/Navigation2D-v0``
+    Gymnasium environment (wrapped or not) as a :class:`Navigation2D` with its horizon (the shorter of its own
+    and a ``TimeLimit``'s). Anything else is refused: meta-RL here steps all tasks at once in torch."""
+    if isinstance(env, Navigation2D):
+        return env
+    if "gymnasium" in sys.modules:  # a Gymnasium environment can only exist once gymnasium is imported
+        from .gym_env import Navigation2DEnv
+        inner = getattr(env, "unwrapped", None)
+        if isinstance(inner, Navigation2DEnv):
+            limit = getattr(getattr(env, "spec", None), "max_episode_steps", None)
+            return Navigation2D(horizon=min(inner.horizon, limit) if limit else inner.horizon)
+    raise ValueError(f"env must be a mlkit.rl.Navigation2D, or the mlkit/Navigation2D-v0 Gymnasium environment "
+                     f"(wrapped or not), got {type(env).__name__}: MAML-TRPO steps all tasks at once in torch, "
+                     "so it needs the task's definition, not a stepping interface")

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import core
 from ..train import save_atomic
 from .baseline import advantages
-from .maml import MAMLTRPO, _check_lr, adapt_tasks, pack, per_task_act
-from .navigation import Navigation2D, rollout
+from .maml import MAMLTRPO, adapt_tasks, pack, per_task_act
+from .navigation import Navigation2D, as_batched, rollout
 from .policy import GaussianMLPPolicy
 
 Params = dict[str, Tensor]
@@ -47,6 +48,7 @@ def fine_tune(policy: GaussianMLPPolicy, goals: Tensor, steps: int = 3, trajecto
 
     Args:
         goals: ``[tasks, 2]``. params: start from these shared parameters (default: the policy's).
+        env: a :class:`Navigation2D` or the ``mlkit/Navigation2D-v0`` Gymnasium environment (its horizon).
     Returns:
         A :class:`FineTuneResult`.
     """
@@ -54,7 +56,8 @@ def fine_tune(policy: GaussianMLPPolicy, goals: Tensor, steps: int = 3, trajecto
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if isinstance(trajectories, bool) or not isinstance(trajectories, int) or trajectories < 1:
         raise ValueError(f"trajectories must be a positive integer, got {trajectories!r}")
-    lrs = [_check_lr("each learning rate in lrs", lr) for lr in lrs]
+    lrs = [core.check_lr("each learning rate in lrs", lr, learnable=False) for lr in lrs]
+    env = as_batched(env)
     if not lrs:
         raise ValueError("lrs must hold at least one learning rate")
     if goals.ndim != 2 or goals.shape[1] != 2:

@@ -85,3 +85,38 @@ def test_tasks_are_set_by_reset_task_or_reset_options_and_sampled_in_the_goal_bo
 def test_a_bad_goal_raises_value_error(goal):
     with pytest.raises(ValueError, match="goal"):
         rl.Navigation2DEnv().reset(options={"goal": goal})
+
+
+@pytest.mark.parametrize("order", ["import mlkit.rl; import gymnasium as gym",
+                                   "import gymnasium as gym; import mlkit.rl"])
+def test_importing_mlkit_rl_registers_the_environment_without_register(order):
+    code = f"{order}; assert gym.make('mlkit/Navigation2D-v0').unwrapped.horizon == 100"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_seeded_reset_redraws_a_drawn_goal_and_keeps_a_set_one():
+    env = rl.Navigation2DEnv()
+    first = env.reset(seed=1)[1]["goal"]
+    assert not np.array_equal(env.reset(seed=2)[1]["goal"], first)
+    np.testing.assert_array_equal(env.reset(seed=1)[1]["goal"], first)
+    np.testing.assert_array_equal(env.reset()[1]["goal"], first)  # an unseeded reset keeps the task
+    env.reset_task((0.2, -0.1))
+    np.testing.assert_array_equal(env.reset(seed=3)[1]["goal"], np.array([0.2, -0.1], np.float32))
+    fixed = rl.Navigation2DEnv(goal=(0.1, 0.3))
+    np.testing.assert_array_equal(fixed.reset(seed=4)[1]["goal"], np.array([0.1, 0.3], np.float32))
+
+
+def test_maml_trpo_and_fine_tune_take_the_wrapped_gym_environment():
+    rl.register()
+    policy = rl.GaussianMLPPolicy()
+    algorithm = rl.MAMLTRPO(policy, env=gym.make("mlkit/Navigation2D-v0"), trajectories=2)
+    assert algorithm.env == rl.Navigation2D()
+    short = rl.MAMLTRPO(policy, env=gym.make("mlkit/Navigation2D-v0", max_episode_steps=20), trajectories=2)
+    assert short.env.horizon == 20
+    batch = short.sample(torch.zeros(2, 2), torch.Generator().manual_seed(0))
+    assert batch.outer.observations.shape[2] == 20
+    result = rl.fine_tune(policy, torch.zeros(1, 2), steps=1, trajectories=2,
+                          env=gym.make("mlkit/Navigation2D-v0", max_episode_steps=10))
+    assert result is not None
+    with pytest.raises(ValueError, match="env must be a mlkit.rl.Navigation2D, or the mlkit/Navigation2D-v0"):
+        rl.MAMLTRPO(policy, env=gym.make("CartPole-v1"))
