@@ -47,6 +47,51 @@ class ClassDataset:
         position = torch.arange(len(order)) - starts[self.labels[order]]
         self.members[self.labels[order], position] = order
 
+    @classmethod
+    def from_dataset(cls, dataset, classes: Sequence[str] | None = None) -> "ClassDataset":
+        """Every ``(x, label)`` example of a map-style ``torch.utils.data.Dataset`` (a ``TensorDataset``, a
+        torchvision dataset with a tensor transform, ...), loaded once into memory as a ClassDataset.
+
+        Args:
+            dataset: ``len(dataset)`` items, each ``(x, label)``: ``x`` a tensor of one shape ``[*item]`` (uint8
+                images are scaled to [0, 1] by :class:`mlkit.tasks.FewShot`), ``label`` an integer.
+            classes: a name per distinct label, in sorted label order; default ``dataset.classes`` when it
+                names every label ``0..k-1``, else the labels as strings.
+        Returns:
+            A ClassDataset with the labels remapped to ``0..k-1`` in sorted order.
+        """
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise ValueError(f"dataset must be a map-style torch Dataset (len and [i]) of (x, label) items, got "
+                             f"{type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty")
+        xs, ys = [], []
+        for i in range(len(dataset)):
+            item = dataset[i]
+            if not isinstance(item, (tuple, list)) or len(item) < 2:
+                raise ValueError(f"dataset[{i}] must be an (x, label) pair, got {type(item).__name__}")
+            x, y = item[0], item[1]
+            if not isinstance(x, Tensor):
+                raise ValueError(f"dataset[{i}][0] is a {type(x).__name__}, not a tensor: give the dataset a transform "
+                                 "that returns tensors (e.g. torchvision.transforms.ToTensor())")
+            if xs and x.shape != xs[0].shape:
+                raise ValueError(f"dataset[{i}][0] has shape {list(x.shape)} but dataset[0][0] has {list(xs[0].shape)}; "
+                                 "every example needs one shape (resize or pad them)")
+            y = torch.as_tensor(y)
+            if y.numel() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise ValueError(f"dataset[{i}][1] must be one integer class label, got {item[1]!r}")
+            xs.append(x)
+            ys.append(int(y))
+        labels, remapped = torch.unique(torch.tensor(ys), sorted=True, return_inverse=True)
+        if classes is None:
+            names = getattr(dataset, "classes", None)
+            contiguous = torch.equal(labels, torch.arange(len(labels)))
+            classes = list(names) if names is not None and contiguous and len(names) == len(labels) else \
+                [str(label) for label in labels.tolist()]
+        elif len(classes) != len(labels):
+            raise ValueError(f"classes names {len(classes)} classes but the dataset has {len(labels)} distinct labels")
+        return cls(torch.stack(xs), remapped, classes)
+
     @property
     def num_classes(self) -> int:
         """Number of classes, rotations counted as classes."""

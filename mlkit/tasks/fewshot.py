@@ -15,7 +15,9 @@ class FewShot:
     images per class; labels are remapped to ``0..ways-1`` at random in every task.
 
     Args:
-        dataset: a :class:`mlkit.data.ClassDataset` (rotated copies of a class count as classes).
+        dataset: a :class:`mlkit.data.ClassDataset` (rotated copies of a class count as classes), or any map-style
+            torch ``Dataset`` of ``(x, label)`` items (``TensorDataset(x, y)``, a torchvision dataset with a
+            tensor transform), loaded once with :meth:`mlkit.data.ClassDataset.from_dataset`.
         ways, shots, queries: N, K, and query images per class.
         unlabeled: M, unlabelled images of each task class (and of each distractor class) per episode.
         distractors: H, classes outside the task, drawn from the dataset's other classes, that contribute M
@@ -44,6 +46,10 @@ class FewShot:
 
     def __init__(self, dataset, ways: int = 5, shots: int = 1, queries: int = 15, unlabeled: int = 0,
                  distractors: int = 0, labeled_fraction: float | None = None, seed: int = 0):
+        from ..data.dataset import ClassDataset  # mlkit.data's loaders are not needed to sample episodes
+
+        if not isinstance(dataset, ClassDataset):
+            dataset = ClassDataset.from_dataset(dataset)
         self.dataset = dataset
         self.ways = positive_int("ways", ways)
         self.shots = positive_int("shots", shots)

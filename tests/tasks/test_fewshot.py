@@ -134,3 +134,28 @@ def test_class_choice_is_exactly_the_argsort_prefix_even_with_tied_keys(levels):
         keys = (keys * levels).floor() / levels
     for k in (1, 5, 21, 1200):
         assert torch.equal(_smallest(keys, k), keys.argsort(-1)[..., :k])
+
+
+def test_episodes_come_from_any_torch_dataset_of_x_label_pairs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g)
+    y = torch.arange(60) % 6 * 10 + 3  # labels 3, 13, ..., 53: not 0..k-1
+    family = mlkit.tasks.FewShot(torch.utils.data.TensorDataset(x, y), ways=3, shots=2, queries=3)
+    assert family.dataset.classes == ["3", "13", "23", "33", "43", "53"]
+    batch = family.sample(4, generator=g)
+    assert batch.support_x.shape == (4, 6, 4) and batch.query_y.shape == (4, 9)
+    # every episode's examples are the dataset's own, with the dataset classes recorded in info
+    for t in range(4):
+        for k in range(3):
+            chosen = x[y == batch.info["classes"][t, k] * 10 + 3]
+            assert all(any(torch.equal(e, c) for c in chosen) for e in batch.support_x[t][batch.support_y[t] == k])
+    maml = mlkit.MAML(torch.nn.Linear(4, 3), "cross_entropy")
+    assert torch.isfinite(maml.meta_loss(batch))
+
+
+@pytest.mark.parametrize("items, message", [([([0.0, 0.0], 0)], "not a tensor: give the dataset a transform"),
+                                            ([(torch.zeros(2), 0), (torch.zeros(3), 1)], "every example needs one shape"),
+                                            ([(torch.zeros(2), 0.5)], "one integer class label"), ([], "empty")])
+def test_a_dataset_that_cannot_give_episodes_is_refused(items, message):
+    with pytest.raises(ValueError, match=message):
+        mlkit.tasks.FewShot(items, ways=1, shots=1, queries=1)
