@@ -139,15 +139,14 @@ class MetaLearner(nn.Module):
         checks.check_model(self.model)
         checks.check_device(x, self.device, f"{name}_x")
         checks.check_examples(x, y, name)
-        hint = (" It looks like a batch of tasks: pass one task, e.g. batch.support_x[i], or use meta_loss / "
-                "query_predictions for a TaskBatch.")
+        what = f"pass one task, e.g. batch.{name}_x[i], or use meta_loss / query_predictions for a TaskBatch."
         if self.example_shape is not None and tuple(x.shape[1:]) != self.example_shape:
             raise ValueError(f"{name}_x must be one task's examples [n, {', '.join(map(str, self.example_shape))}] "
                              f"(the shape this model was trained on), got {list(x.shape)}."
-                             f"{hint if tuple(x.shape[2:]) == self.example_shape else ''}")
+                             f"{' It looks like a batch of tasks: ' + what if tuple(x.shape[2:]) == self.example_shape else ''}")
         if self.example_shape is None and self._pools_tasks(x):
             raise ValueError(f"{name}_x {list(x.shape)} looks like a batch of tasks [tasks, n, *in]: the model maps "
-                             f"its first two dimensions alike, so one task would pool {x.shape[0]} tasks.{hint} If each "
+                             f"its first two dimensions alike, so one task would pool {x.shape[0]} tasks; {what} If each "
                              f"example really is {list(x.shape[1:])}, set algorithm.example_shape = {tuple(x.shape[1:])}")
         if y is None:
             return
