@@ -469,10 +469,11 @@ def _empty(part):
 
 
 @pytest.mark.parametrize("algorithm", [lambda: mlkit.MAML(classifier(), "cross_entropy"),
-                                       lambda: mlkit.ProtoNet(classifier())])
+                                       lambda: mlkit.ProtoNet(classifier())], ids=["MAML", "ProtoNet"])
 @pytest.mark.parametrize("part, message", [("tasks", "the batch has 0 tasks"),
                                            ("support", "every task's support set in the batch is empty"),
-                                           ("query", "every task's query set in the batch is empty")])
+                                           ("query", "every task's query set in the batch is empty")],
+                         ids=["tasks", "support", "query"])
 def test_empty_sets_and_zero_tasks_are_refused(algorithm, part, message):
     with pytest.raises(ValueError, match=message):
         algorithm().meta_loss(_empty(part))
@@ -480,7 +481,7 @@ def test_empty_sets_and_zero_tasks_are_refused(algorithm, part, message):
 
 @pytest.mark.parametrize("algorithm", [lambda: mlkit.MAML(classifier(), "cross_entropy"),
                                        lambda: mlkit.MAML(classifier(), focal_loss, task="classification"),
-                                       lambda: mlkit.ProtoNet(classifier())])
+                                       lambda: mlkit.ProtoNet(classifier())], ids=["MAML", "focal", "ProtoNet"])
 def test_uint8_labels_are_refused_saying_convert_to_long(algorithm):
     batch = classification_tasks()
     batch = mlkit.TaskBatch(batch.support_x, batch.support_y.to(torch.uint8), batch.query_x, batch.query_y)
