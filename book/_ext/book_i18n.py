@@ -1,0 +1,125 @@
+"""Three fixes to Sphinx's internationalisation for this book (its translated editions, e.g. book/_config.zh_CN.yml).
+
+Outputs of code cells are not messages. myst-nb renders the committed outputs of a notebook's code cells into the
+page, and the Markdown that a cell displays (tables of results, sentences with computed numbers) is parsed as MyST
+like the page's own text, so the gettext builder would make a message of every cell of those tables ("2.83",
+"± 0.25", ...): about 1,300 of the book's 2,560 messages, whose msgids change whenever the notebooks are re-executed.
+UntranslatedOutputs marks every text node inside a cell's output as not translatable before Sphinx extracts or
+translates messages (sphinx.transforms.i18n.Locale, priority 20): the translated editions show the outputs as
+committed. Code and text outputs are literal blocks, never messages (gettext_additional_targets is empty).
+
+The titles of exercises are messages. sphinx-exercise builds the title of `{exercise} Twenty ways` as a subtitle node
+without a source or raw text, which Sphinx skips as a built-in message; ExerciseTitles gives it both, before Locale,
+and Locale translates it. TranslatedExerciseTitles then copies the translated title into the copy of the exercise
+that sphinx-exercise keeps (made when the directive ran, before Locale) for the solution's title and the links to the
+exercise. At write time sphinx-exercise rebuilds the title (a post-transform of priority 20) without the subtitle
+node, and only then does the gettext builder extract the page's messages; for that builder ExerciseTitleMessages
+first wraps the subtitle's text in an inline node that carries the message, which the rebuilt title keeps, so
+"Twenty ways" is extracted in page order.
+
+The captions of the table of contents are translated. sphinx-external-toc inserts the root page's toctrees (with
+the parts' captions of _toc.yml) at priority 100, after Locale has translated the page, so the gettext builder
+extracts the captions (book/intro.po) but nothing translates them; TranslateTocCaptions does, from the root page's
+catalogue.
+"""
+
+from os import path
+
+from docutils import nodes
+from sphinx import addnodes
+from sphinx.locale import init as init_locale
+from sphinx.transforms import SphinxTransform
+from sphinx.transforms.post_transforms import SphinxPostTransform
+from sphinx.util.i18n import docname_to_domain
+
+
+class UntranslatedOutputs(SphinxTransform):
+    default_priority = 10
+
+    def apply(self, **kwargs):
+        for output in self.document.findall(nodes.container):
+            if "cell_output" in output.get("classes", []):
+                # (An image would be a message only with alt text, which no output image has.)
+                for node in output.findall(nodes.TextElement):
+                    node["translatable"] = False
+
+
+class ExerciseTitles(SphinxTransform):
+    default_priority = 10
+
+    def apply(self, **kwargs):
+        from sphinx_exercise.nodes import exercise_subtitle
+
+        for subtitle in self.document.findall(exercise_subtitle):
+            if not subtitle.rawsource:
+                subtitle.rawsource = subtitle.astext()  # the titles are plain text
+            exercise = subtitle.parent.parent
+            subtitle.source = subtitle.source or exercise.source
+            subtitle.line = subtitle.line or exercise.line
+
+
+class TranslatedExerciseTitles(SphinxTransform):
+    default_priority = 21  # after Locale
+
+    def apply(self, **kwargs):
+        from sphinx_exercise.nodes import exercise_enumerable_node, exercise_node
+
+        if not self.config.language:
+            return
+        registry = getattr(self.env, "sphinx_exercise_registry", {})
+        for exercise in self.document.findall(
+            lambda node: isinstance(node, (exercise_enumerable_node, exercise_node))
+        ):
+            copy = registry.get(exercise.get("label"), {}).get("node")
+            if copy is not None and exercise.children and copy.children:
+                copy.children[0] = exercise.children[0].deepcopy()
+                copy.children[0].parent = copy
+
+
+class ExerciseTitleMessages(SphinxPostTransform):
+    default_priority = 19  # before sphinx_exercise.post_transforms.ResolveTitlesInExercises
+    builders = ("gettext",)
+
+    def run(self, **kwargs):
+        from sphinx_exercise.nodes import exercise_subtitle
+
+        for subtitle in self.document.findall(exercise_subtitle):
+            if not subtitle.source:
+                continue
+            message = nodes.inline(subtitle.rawsource, "", *subtitle.children, translatable=True)
+            message.source, message.line = subtitle.source, subtitle.line
+            message.uid = getattr(subtitle, "uid", "")
+            subtitle.children = []
+            subtitle += message
+
+
+class TranslateTocCaptions(SphinxTransform):
+    default_priority = 101  # after sphinx_external_toc.events.InsertToctrees
+
+    def apply(self, **kwargs):
+        from sphinx.builders.gettext import MessageCatalogBuilder
+
+        if not self.config.language or isinstance(self.app.builder, MessageCatalogBuilder):
+            return
+        toctrees = [node for node in self.document.findall(addnodes.toctree) if node.get("caption")]
+        if not toctrees:
+            return
+        domain = docname_to_domain(self.env.docname, self.config.gettext_compact)
+        dirs = [path.join(self.env.srcdir, d) for d in self.config.locale_dirs]
+        catalog, has_catalog = init_locale(dirs, self.config.language, domain)
+        if not has_catalog:
+            return
+        for node in toctrees:
+            msgstr = catalog.gettext(node["caption"])
+            if msgstr and msgstr != node["caption"]:
+                node.apply_translated_message(node["caption"], msgstr)
+                node["translated"] = True
+
+
+def setup(app):
+    app.add_transform(UntranslatedOutputs)
+    app.add_transform(ExerciseTitles)
+    app.add_transform(TranslatedExerciseTitles)
+    app.add_post_transform(ExerciseTitleMessages)
+    app.add_transform(TranslateTocCaptions)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
