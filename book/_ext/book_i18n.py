@@ -1,4 +1,5 @@
-"""Three fixes to Sphinx's internationalisation for this book (its translated editions, e.g. book/_config.zh_CN.yml).
+"""Three fixes to Sphinx's internationalisation for this book (its translated editions, e.g. book/_config.zh_CN.yml),
+and the language switch between its editions.
 
 Outputs of code cells are not messages. myst-nb renders the committed outputs of a notebook's code cells into the
 page, and the Markdown that a cell displays (tables of results, sentences with computed numbers) is parsed as MyST
@@ -21,9 +22,18 @@ The captions of the table of contents are translated. sphinx-external-toc insert
 the parts' captions of _toc.yml) at priority 100, after Locale has translated the page, so the gettext builder
 extracts the captions (book/intro.po) but nothing translates them; TranslateTocCaptions does, from the root page's
 catalogue.
+
+The language switch: every HTML page of every edition links to the same page in the other editions, a small button
+("中文" on an English page, "English" on a Chinese one) at the start of the buttons above the article. The editions
+are the folders of EDITIONS, relative to the English site: English in _build/html, Chinese in _build/html/zh_CN (where
+`make book` puts it), the same page paths below each. The links are relative, so the site works from its folder
+(file://) or any web server, offline. add_language_switch gives the page's template the links (book_language_switch)
+and puts templates/book-language-switch.html first in the theme's article_header_end; the English HTML differs from a
+build without the switch only by that button.
 """
 
 from os import path
+from pathlib import Path
 
 from docutils import nodes
 from sphinx import addnodes
@@ -116,7 +126,51 @@ class TranslateTocCaptions(SphinxTransform):
                 node["translated"] = True
 
 
+# The editions: language -> (folder relative to the English site, the language's own name, the link's tooltip).
+EDITIONS = {
+    "en": ("", "English", "Read this page in English"),
+    "zh_CN": ("zh_CN/", "中文", "阅读本页的中文版"),
+}
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+SWITCH_TEMPLATE = "book-language-switch.html"
+
+
+def edition_of(language):
+    return language if language in EDITIONS else "en"  # the English config sets no language (Sphinx's "en")
+
+
+def language_switch(language, pagename, target_uri):
+    """The links from `pagename` of the `language` edition to the same page in the others: [{href, label, ...}]."""
+    here = EDITIONS[edition_of(language)][0]
+    root = "../" * (pagename.count("/") + here.count("/"))  # from the page to the English site's folder
+    return [
+        {"href": root + folder + target_uri, "label": label, "title": title, "hreflang": other.replace("_", "-")}
+        for other, (folder, label, title) in EDITIONS.items()
+        if other != edition_of(language)
+    ]
+
+
+def add_templates(app, config):
+    config.templates_path = [*config.templates_path, str(TEMPLATES)]
+
+
+def add_language_switch(app, pagename, templatename, context, doctree):
+    if app.builder.format != "html" or not hasattr(app.builder, "get_target_uri"):
+        return
+    context["book_language_switch"] = language_switch(
+        app.config.language, pagename, app.builder.get_target_uri(pagename)
+    )
+    items = context.get("theme_article_header_end") or []
+    if isinstance(items, str):
+        items = [item.strip() for item in items.split(",") if item.strip()]
+    if SWITCH_TEMPLATE not in items:
+        context["theme_article_header_end"] = [SWITCH_TEMPLATE, *items]
+
+
 def setup(app):
+    app.connect("config-inited", add_templates)
+    # Before the themes' handlers (priority 500), which check the article header's templates.
+    app.connect("html-page-context", add_language_switch, priority=400)
     app.add_transform(UntranslatedOutputs)
     app.add_transform(ExerciseTitles)
     app.add_transform(TranslatedExerciseTitles)
