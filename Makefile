@@ -19,8 +19,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
 	touch $@
 
+# Both editions, neither executing a notebook (execute_notebooks is off: the committed outputs are shown). English
+# into _build/html; Chinese (book/_config.zh_CN.yml, the catalogues of book/locales/) into its own folder, with its own
+# doctrees, fully rebuilt (--all: a translated title must reach every page's sidebar), then copied to _build/html/zh_CN
+# where the language switch of each page expects it.
 book: setup
 	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/jupyter-book build . --config book/_config.zh_CN.yml --path-output _build/zh_CN -W -n --keep-going --all
+	rm -rf _build/html/zh_CN
+	cp -R _build/zh_CN/_build/html _build/html/zh_CN
 
 # The unit tests, then every notebook of the book re-executed and compared with its committed outputs: decimal
 # numbers are masked (book/sanitize.cfg) and every claim is asserted in the notebooks, so the check holds on any
