@@ -28,8 +28,9 @@ The language switch: every HTML page of every edition links to the same page in 
 are the folders of EDITIONS, relative to the English site: English in _build/html, Chinese in _build/html/zh_CN (where
 `make book` puts it), the same page paths below each. The links are relative, so the site works from its folder
 (file://) or any web server, offline. add_language_switch gives the page's template the links (book_language_switch)
-and puts templates/book-language-switch.html first in the theme's article_header_end; the English HTML differs from a
-build without the switch only by that button.
+and puts templates/book-language-switch.html first in the theme's article_header_end, and static/
+book-language-switch.css keeps it on the line of the other buttons; the English HTML differs from a build without the
+switch only by that button and that stylesheet.
 """
 
 from os import path
@@ -132,6 +133,7 @@ EDITIONS = {
     "zh_CN": ("zh_CN/", "中文", "阅读本页的中文版"),
 }
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
 SWITCH_TEMPLATE = "book-language-switch.html"
 
 
@@ -152,6 +154,7 @@ def language_switch(language, pagename, target_uri):
 
 def add_templates(app, config):
     config.templates_path = [*config.templates_path, str(TEMPLATES)]
+    config.html_static_path = [*config.html_static_path, str(STATIC)]
 
 
 def add_language_switch(app, pagename, templatename, context, doctree):
@@ -171,6 +174,7 @@ def setup(app):
     app.connect("config-inited", add_templates)
     # Before the themes' handlers (priority 500), which check the article header's templates.
     app.connect("html-page-context", add_language_switch, priority=400)
+    app.add_css_file("book-language-switch.css")
     app.add_transform(UntranslatedOutputs)
     app.add_transform(ExerciseTitles)
     app.add_transform(TranslatedExerciseTitles)
