@@ -5,6 +5,12 @@ For each page: nothing it asks of the local server fails, nothing is fetched fro
 JavaScript error, all math typeset by MathJax, every Markdown table that a notebook displays
 rendered as a table (none left as raw text), every image loaded, and the saved ipywidgets rendered. A full-page screenshot of each page goes to `_build/html/_screenshots/<page>.png`.
 
+The Chinese edition (`_build/html/zh_CN`, where `make book` puts it) is checked the same way, page by page, and
+more: the language switch leads from a page to the same page in the other edition and back, Chinese text is drawn
+with a real CJK font (not as boxes: Debian's fonts-noto-cjk, which .ci/run installs), and no paragraph, heading, list
+item, caption or table row of a page's text is left in English (code cells and their outputs stay English by
+design, see book/_ext/book_i18n.py).
+
 Needs `make book` first, Debian's `chromium` (or BOOK_CHROMIUM=/path/to/chromium) and the
 `playwright` Python package (no browser download: it drives the system Chromium). Skipped,
 with the reason, when one of them is missing.
@@ -43,6 +49,10 @@ SKIP_PAGES = {"genindex.html", "search.html"}
 # The chapter whose widget must show its controls, with the slider labels it must show.
 WIDGET_PAGE = "book/05_1_mlkit.html"
 WIDGET_LABELS = ["shots", "inner steps"]
+# The Chinese edition's folder below the English site, and the pages whose language switch and CJK font are checked
+# in a browser: the front page, a notebook chapter with math and figures, and a Markdown page with tables and math.
+ZH = "zh_CN/"
+SWITCH_PAGES = ["book/intro.html", "book/06_1_omniglot.html", "book/notation.html"]
 TIMEOUT_MS = 60_000
 # Errors the browser reports on every page that come from the toolchain, not from the book: matched
 # against the message, listed with why. Anything else fails the test.
@@ -134,7 +144,7 @@ _DELIMITER_ROW = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$"
 
 def markdown_tables_in_outputs(page_path: str) -> int:
     """How many Markdown tables the code cells of the page's notebook display (0 for a Markdown page)."""
-    source = (ROOT / page_path).with_suffix(".ipynb")
+    source = (ROOT / page_path.removeprefix(ZH)).with_suffix(".ipynb")
     if not source.is_file():
         return 0
     notebook = json.loads(source.read_text(encoding="utf-8"))
@@ -266,7 +276,7 @@ def test_page_renders(page_path, base_url, browser):
                 page.locator(".jupyter-widgets").first.wait_for(state="visible", timeout=TIMEOUT_MS)
             except sync_api.TimeoutError:
                 problems.append(f"{n_views} widget views but no .jupyter-widgets element became visible")
-        if page_path == WIDGET_PAGE:
+        if page_path in (WIDGET_PAGE, ZH + WIDGET_PAGE):  # the widgets' labels are outputs: English in both
             assert n_views, f"{page_path} has no widget-view output: was the widget state saved?"
             for label in WIDGET_LABELS:
                 slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text=label))
@@ -285,3 +295,119 @@ def test_page_renders(page_path, base_url, browser):
     if external:
         problems.append(f"requests to the internet (refused; CI is offline): {sorted(set(external))}")
     assert not problems, f"{page_path}:\n  " + "\n  ".join(problems)
+
+
+# --- the Chinese edition ------------------------------------------------------------------------------------------
+
+def chinese_pages() -> list[str]:
+    pages = [p for p in built_pages() if p.startswith(ZH) and p != ZH + "index.html"]
+    return pages or [pytest.param(None, marks=pytest.mark.skip(reason=f"no Chinese edition in {HTML / ZH}"))]
+
+
+def _open(browser, url: str):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    local = urlsplit(url).netloc  # offline, as in test_page_renders
+    context.route("**/*", lambda route: route.continue_() if urlsplit(route.request.url).netloc == local
+                  else route.abort())
+    page = context.new_page()
+    response = page.goto(url, wait_until="domcontentloaded")
+    assert response is not None and response.ok, f"could not load {url}"
+    return context, page
+
+
+@pytest.mark.parametrize("page_path", SWITCH_PAGES)
+def test_language_switch_leads_to_the_same_page_in_the_other_edition_and_back(page_path, base_url, browser):
+    if not (HTML / ZH / page_path).is_file():
+        pytest.fail(f"no {ZH + page_path}: `make book` builds the Chinese edition into {HTML / ZH}")
+    context, page = _open(browser, base_url + page_path)
+    try:
+        for here, there, lang, label in [(page_path, ZH + page_path, "zh-CN", "中文"),
+                                         (ZH + page_path, page_path, "en", "English")]:
+            switch = page.locator("a.book-language-switch")
+            assert switch.count() == 1, f"{here}: {switch.count()} language switches"
+            assert switch.inner_text().strip() == label, f"{here}: the switch reads {switch.inner_text()!r}"
+            assert switch.is_visible(), f"{here}: the language switch is not visible"
+            switch.click()
+            page.wait_for_url(base_url + there)
+            assert page.evaluate("document.documentElement.lang") == lang, f"{there}: <html lang> is not {lang}"
+    finally:
+        context.close()
+
+
+# Draws three Chinese characters in the font of the page's text: with no CJK font, each is the same box (or nothing).
+_CJK_GLYPHS_JS = r"""
+() => {
+  const el = document.querySelector("article.bd-article h1") || document.body;
+  const style = getComputedStyle(el);
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 48;
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  ctx.font = `32px ${style.fontFamily}`;
+  const draw = ch => {
+    ctx.clearRect(0, 0, 48, 48);
+    ctx.fillText(ch, 4, 38);
+    return Array.from(ctx.getImageData(0, 0, 48, 48).data.filter((_, i) => i % 4 === 3)).join(",");
+  };
+  const chars = ["中", "学", "习"];
+  const images = chars.map(draw);
+  const inked = images.map(img => img.split(",").some(v => v !== "0"));
+  return {family: style.fontFamily, inked, distinct: new Set(images).size, chars: chars.length,
+          heading: el.innerText.slice(0, 80)};
+}
+"""
+
+
+@pytest.mark.parametrize("page_path", SWITCH_PAGES)
+def test_chinese_text_is_drawn_with_a_cjk_font(page_path, base_url, browser):
+    context, page = _open(browser, base_url + ZH + page_path)
+    try:
+        page.evaluate("document.fonts.ready.then(() => true)")
+        glyphs = page.evaluate(_CJK_GLYPHS_JS)
+    finally:
+        context.close()
+    assert all(glyphs["inked"]) and glyphs["distinct"] == glyphs["chars"], (
+        f"{ZH + page_path}: Chinese characters in the page's font ({glyphs['family']}) are drawn as "
+        f"{glyphs['distinct']} distinct glyphs for {glyphs['chars']} characters (inked: {glyphs['inked']}): no CJK "
+        "font. Install one (Debian: apt-get install fonts-noto-cjk; .ci/run does)."
+    )
+
+
+# The text of the page's article that is in English: each paragraph, heading, list item, term, caption or admonition
+# title (without its nested blocks), and each table row, with code, math, outputs of code cells, citations and the
+# bibliography left out, that has three Latin words and no Chinese character, or a run of eight Latin words.
+_ENGLISH_PROSE_JS = r"""
+() => {
+  const blocks = "p, li, dt, dd, h1, h2, h3, h4, h5, h6, figcaption, caption, .admonition-title, tr";
+  const skip = "pre, code, kbd, .highlight, .cell_output, .output, mjx-container, .math, script, style, .headerlink, "
+             + ".citation, .toggle-details, summary, .cell_input, a[href*='bibliography.html#']";
+  const cjk = /[\u3400-\u9fff\uf900-\ufaff]/;
+  const run = /(?:[A-Za-z][A-Za-z'’-]*[\s,;:()]+){7,}[A-Za-z]/;
+  const article = document.querySelector("article.bd-article") || document.body;
+  const found = [];
+  for (const el of article.querySelectorAll(blocks)) {
+    if (el.closest(skip) || (el.tagName !== "TR" && el.closest("tr"))) continue;  // a table is checked by rows
+    const copy = el.cloneNode(true);
+    copy.querySelectorAll(skip).forEach(n => n.remove());
+    if (el.tagName !== "TR") copy.querySelectorAll(blocks).forEach(n => n.remove());
+    const text = copy.textContent.replace(/\s+/g, " ").trim();
+    const words = (text.match(/[A-Za-z]{2,}/g) || []).length;
+    if ((words >= 3 && !cjk.test(text)) || run.test(text)) found.push(text.slice(0, 100));
+  }
+  return found;
+}
+"""
+
+
+@pytest.mark.parametrize("page_path", chinese_pages())
+def test_chinese_page_has_no_english_prose(page_path, base_url, browser):
+    context, page = _open(browser, base_url + page_path)
+    try:
+        english = page.evaluate(_ENGLISH_PROSE_JS)
+    finally:
+        context.close()
+    assert not english, (
+        f"{page_path}: {len(english)} paragraphs, headings, items or rows in English (an untranslated message in "
+        f"book/locales/zh_CN/LC_MESSAGES/{page_path.removeprefix(ZH).removesuffix('.html')}.po?):\n  "
+        + "\n  ".join(map(repr, english[:8]))
+    )
