@@ -16,8 +16,9 @@ import torch
 
 from . import gp, rnn
 
-DEFAULT = rnn.TrainConfig(iterations=3000, batch=64, horizon=100, loss="ei", lr=3e-3, hidden=128, max_dim=6,
-                          features=256, lengthscale_range=(0.1, 1.0), clip=1.0, seed=0)
+DEFAULT = rnn.TrainConfig(iterations=3000, batch=64, horizon=100, loss="best", lr=3e-3, hidden=128, max_dim=6,
+                          features=256, lengthscale_range=(0.1, 1.0), clip=1.0, seed=0, start="local", warp=2.5,
+                          validate_every=250)
 PACKAGED = Path(__file__).resolve().parent / "pretrained" / "lstm.pt"
 
 
