@@ -1,23 +1,30 @@
-"""Why the shipped black-box LSTM loses to random search: ablations, each against random search on the same runs.
+"""Why the first black-box LSTM lost to random search, and what each part of the new recipe is worth.
 
-    python benchmarks/blackbox_ablation.py            # 50 runs per problem, 200 evaluations: a few CPU-minutes
-    python benchmarks/blackbox_ablation.py --quick    # 8 runs, 50 evaluations
+    python benchmarks/blackbox_ablation.py              # every row: about 60 CPU-minutes
+    python benchmarks/blackbox_ablation.py --quick      # 3 rows, 40 iterations, 8 runs of 50 evaluations: a smoke test
 
-First ablation: the exploration noise at evaluation. The LSTM proposes a Gaussian in logit space and the next
-query is ``sigmoid(mu + scale * sigma * eps)``; ``mlkit.blackbox.minimize`` samples with ``scale = 1``, as in
-training. Here the same weights, first queries and noise draws run with ``scale`` in {0, 0.25, 0.5, 1}.
+Each row trains the optimiser with the shipped recipe (``mlkit.blackbox.pretrain.DEFAULT``) except for ONE
+change, for the same short budget (``ITERATIONS`` meta-iterations with the same early stopping on validation
+draws), then runs it beside random search on the same runs of the nine problems of benchmarks/blackbox.py:
+Branin, Goldstein-Price, Hartmann 3-D and 6-D, the unseen six-hump camel, Rosenbrock 4-D, Ackley 3-D and
+Levy 5-D (regret against the known minimum), and held-out GP draws (run r optimises draw r; regret against
+the best of multi-start gradient descent and every query). Rows without training: the untrained network
+(``start="local"``), the shipped weights, and the shipped weights with the exploration noise scaled at
+evaluation (``sigmoid(mu + scale * sigma * eps)``; ``minimize`` uses scale 1, as in training).
 
-Problems: Branin, Goldstein-Price, Hartmann 3-D and 6-D on their standard boxes (regret against the known
-minimum), and the 256 held-out GP draws of ``gp.heldout_functions`` (run r optimises draw r; with no known
-minimum, the figure is the paired difference of best values, LSTM minus random search, negative when the LSTM
-is better). Random search uses the same generator for every scale. Medians over runs after 50, 100 and 200
-evaluations (the LSTM was trained for 100).
+Reported per row: the cells (problem x {50, 100, 200} evaluations) where the median regret is below random
+search's, of 27; the geometric mean over problems of the ratio of median regrets at 100 evaluations (below 1:
+better than random search); and the GP draws' median regret at 100. Every trained row is checkpointed under
+benchmarks/checkpoints/blackbox/ablation/ (resumable); results go to results/blackbox_ablation.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,83 +33,189 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
-from mlkit.blackbox import functions, gp, load_pretrained, rnn  # noqa: E402
+from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
+from mlkit.blackbox import functions, gp, load_pretrained, pretrain, rnn  # noqa: E402
 
-SCALES = (0.0, 0.25, 0.5, 1.0)
+ITERATIONS = 400
 MARKS = (50, 100, 200)
+FUNCTIONS = {**functions.ALL, **functions.UNSEEN}
+PROBLEMS = [*FUNCTIONS, "GP"]
+NO_RANK = tuple(g for g in rnn.INPUTS if g != "rank")
+NO_BEST = tuple(g for g in rnn.INPUTS if g not in ("x_best", "best_value"))
+RANK_ONLY = tuple(g for g in rnn.INPUTS if g not in ("value", "best_value"))
+# (row, what it changes, training changes); None: no training (evaluated as it is)
+ROWS = [
+    ("recipe", "the shipped recipe, trained as briefly as every other row", {}),
+    ("old recipe", "uniform start, EI loss, no warp: how the first shipped optimiser was trained",
+     {"start": "uniform", "loss": "ei", "warp": 0.0}),
+    ("uniform start", "untrained head samples the whole box (sigma 1.5), not around the best point", {"start": "uniform"}),
+    ("EI loss", "meta-loss: expected improvement under the GP posterior", {"loss": "ei"}),
+    ("OI loss", "meta-loss: observed improvement (telescopes to best minus first)", {"loss": "oi"}),
+    ("sum loss", "meta-loss: mean of all observed values", {"loss": "sum"}),
+    ("no warp", "the network reads the GP values as drawn (no heavy-tailed warp)", {"warp": 0.0}),
+    ("raw values", "values read as they are (clipped), not standardised by running mean and std", {"standardise": False}),
+    ("no rank", "without r, the fraction of earlier values beaten", {"inputs": NO_RANK}),
+    ("no best point", "without x_best and z_best", {"inputs": NO_BEST}),
+    ("rank only", "without the standardised values z and z_best", {"inputs": RANK_ONLY}),
+    ("horizon 50", "trajectories of 50 queries in training (the recipe: 100)", {"horizon": 50}),
+    ("horizon 200", "trajectories of 200 queries in training (the recipe: 100)", {"horizon": 200}),
+    ("100 iterations", "a quarter of the training", {"iterations": 100}),
+    ("1200 iterations", "three times the training", {"iterations": 1200}),
+    ("length scales 0.05-0.5", "rougher training functions", {"lengthscale_range": (0.05, 0.5)}),
+    ("length scales 0.2-2", "smoother training functions", {"lengthscale_range": (0.2, 2.0)}),
+    ("trained on 1-3-D", "training draws of dimension 1-3 only; tested on 2-6", {"dims": (1, 3)}),
+    ("untrained", "the untrained network (local start)", None),
+    ("shipped", "the packaged weights (mlkit/blackbox/pretrained/lstm.pt)", None),
+    ("shipped, noise x0.5", "packaged weights, exploration noise halved at evaluation", None),
+    ("shipped, noise x0", "packaged weights, no exploration noise at evaluation", None),
+]
+QUICK_ROWS = ("recipe", "old recipe", "untrained")
+
+
+def row_config(changes: dict, quick: bool) -> rnn.TrainConfig:
+    config = replace(pretrain.DEFAULT, iterations=ITERATIONS, validate_every=100)
+    config = replace(config, **changes)
+    if quick:
+        config = replace(config, iterations=40, validate_every=20, batch=16)
+    return config
+
+
+def train_row(name: str, changes: dict, quick: bool) -> str:
+    """Train one row (resumable) and save its weights; returns the path."""
+    torch.set_num_threads(1)
+    folder = CHECKPOINTS / "blackbox" / ("ablation-quick" if quick else "ablation")
+    slug = name.replace(" ", "_").replace(",", "")
+    out = folder / f"{slug}-weights.pt"
+    config = row_config(changes, quick)
+    if out.exists():
+        saved = torch.load(out, weights_only=False)
+        if saved["config"] == asdict(config):
+            return str(out)
+    params, history = rnn.meta_train(config, progress=False, checkpoint=folder / f"{slug}.pt")
+    rnn._save_atomic({"config": asdict(config), "params": params, "minutes": history["seconds"] / 60,
+                      "kept_iteration": history.get("kept_iteration")}, out)
+    return str(out)
 
 
 def problem(name: str, runs: int):
-    """``(objective x [B, 6] in the unit box -> y [B], mask [B, 6], minimum or None)``."""
+    """``(objective x [B, 6] in the unit box -> y [B], mask [B, 6], minima [B] or None)``."""
     if name == "GP":
         sample = gp.select(gp.heldout_functions(), slice(0, runs))
         return (lambda x: gp.gp_values(sample, x)), sample.mask, None
-    f = functions.ALL[name]
+    f = FUNCTIONS[name]
     low, high = (torch.tensor(np.array(f.bounds)[:, i], dtype=torch.float64) for i in (0, 1))
     mask = torch.zeros(runs, rnn.MAX_DIM, dtype=torch.float64)
     mask[:, :f.dim] = 1
-
-    def objective(x):
-        return torch.as_tensor(np.asarray(f((low + (high - low) * x[:, :f.dim]).numpy())), dtype=torch.float64)
-
-    return objective, mask, f.minimum
+    return (lambda x: f(low + (high - low) * x[:, :f.dim])), mask, torch.full((runs,), f.minimum, dtype=torch.float64)
 
 
-def best_so_far(objective, mask, xs):
-    """``[B, T]`` running minimum of ``objective`` over queries ``xs [B, T, 6]``."""
-    ys = torch.stack([objective(xs[:, t] * mask) for t in range(xs.shape[1])], 1)
-    return torch.cummin(ys, 1).values
+def gp_minima(runs: int) -> torch.Tensor:
+    sample = gp.select(gp.heldout_functions(), slice(0, runs))
+    return gp.estimate_minimum(sample, starts=128, steps=200, generator=torch.Generator().manual_seed(0))[0]
+
+
+def evaluate(params, runs: int, budget: int, scale: float, inputs, standardise, references: dict) -> dict:
+    """Median best-so-far regret after each mark on every problem, and random search's on the same runs."""
+    params = {k: v.detach().double() for k, v in params.items()}
+    cells = {}
+    for name in PROBLEMS:
+        objective, mask, minima = problem(name, runs)
+        generator = torch.Generator().manual_seed(0)
+        uniform = torch.rand(runs, rnn.MAX_DIM, generator=generator, dtype=torch.float64)
+        noise = torch.randn(runs, budget, rnn.MAX_DIM, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            _, ys = rnn.rollout(params, objective, mask, budget, uniform=uniform, noise=scale * noise, inputs=inputs,
+                                standardise=standardise)
+        learned = torch.cummin(torch.where(torch.isfinite(ys), ys, torch.full_like(ys, math.inf)), 1).values
+        random, reference_minima = references[name]
+        minima = reference_minima if minima is None else minima
+        minima = torch.minimum(minima, learned[:, -1])  # GP draws: a query may beat the gradient-descent estimate
+        cells[name] = {f"@{m}": {"lstm": (learned[:, m - 1] - minima).median().item(),
+                                 "random": (random[:, m - 1] - minima).median().item()} for m in MARKS if m <= budget}
+    return cells
+
+
+def random_references(runs: int, budget: int) -> dict:
+    """Random search's best-so-far on every problem (its own seed), and the GP draws' reference minima."""
+    references = {}
+    for name in PROBLEMS:
+        objective, mask, minima = problem(name, runs)
+        xs = torch.rand(runs, budget, rnn.MAX_DIM, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        ys = torch.stack([objective(xs[:, t] * mask) for t in range(budget)], 1)
+        best = torch.cummin(ys, 1).values
+        if minima is None:
+            minima = torch.minimum(gp_minima(runs), best[:, -1])
+        references[name] = (best, minima)
+    return references
+
+
+def summarise(cells: dict, mark: int) -> dict:
+    """Cells below random search, geometric-mean regret ratio to random search and GP regret, at ``mark``."""
+    wins = sum(c["lstm"] < c["random"] for p in cells.values() for c in p.values())
+    total = sum(len(p) for p in cells.values())
+    ratios = [max(p[f"@{mark}"]["lstm"], 1e-12) / max(p[f"@{mark}"]["random"], 1e-12) for p in cells.values()]
+    return {"wins": wins, "of": total, "geomean_ratio": float(np.exp(np.mean(np.log(ratios)))),
+            "gp": cells["GP"][f"@{mark}"]["lstm"]}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="8 runs, 50 evaluations")
+    parser.add_argument("--quick", action="store_true", help="3 rows, tiny training, 8 runs of 50 evaluations")
+    parser.add_argument("--jobs", type=int, default=2, help="rows trained in parallel, one thread each")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be positive")
     torch.set_num_threads(1)
     runs, budget = (8, 50) if args.quick else (50, 200)
-    marks = [m for m in MARKS if m <= budget]
-    params = {k: v.detach().double() for k, v in load_pretrained().weights.items()}
-    began, rows = time.process_time(), []
-    for name in tqdm(["Branin", "Goldstein-Price", "Hartmann3", "Hartmann6", "GP"], desc="problems"):
-        objective, mask, minimum = problem(name, runs)
-        generator = torch.Generator().manual_seed(0)
-        uniform = torch.rand(runs, rnn.MAX_DIM, generator=generator, dtype=torch.float64)
-        noise = torch.randn(runs, budget, rnn.MAX_DIM, generator=generator, dtype=torch.float64)
-        random = best_so_far(objective, mask, torch.rand(runs, budget, rnn.MAX_DIM, generator=generator,
-                                                         dtype=torch.float64))
-        for scale in SCALES:
-            with torch.no_grad():
-                _, ys = rnn.rollout(params, objective, mask, budget, uniform=uniform, noise=scale * noise)
-            learned = torch.cummin(ys, 1).values
-            row = {"problem": name, "scale": scale, "runs": runs}
-            for m in marks:
-                if minimum is None:  # paired: LSTM minus random on the same draw
-                    difference = learned[:, m - 1] - random[:, m - 1]
-                    row[f"@{m}"] = {"median_difference": difference.median().item(),
-                                    "lstm_better": (difference < 0).double().mean().item()}
-                else:
-                    row[f"@{m}"] = {"lstm": (learned[:, m - 1] - minimum).median().item(),
-                                    "random": (random[:, m - 1] - minimum).median().item()}
-            rows.append(row)
-    summary = {"settings": {"runs": runs, "budget": budget, "scales": list(SCALES), "trained_horizon": 100},
-               "rows": rows, "machine": machine(), "cpu_seconds": round(time.process_time() - began, 1)}
+    mark = 50 if args.quick else 100
+    rows = [r for r in ROWS if not args.quick or r[0] in QUICK_ROWS]
+    began = time.time()
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = {name: pool.submit(train_row, name, changes, args.quick) for name, _, changes in rows
+                   if changes is not None}
+        weights = {name: f.result() for name, f in tqdm(futures.items(), desc="training rows")}
+    references = random_references(runs, budget)
+    shipped = load_pretrained()
+    results = []
+    for name, change, changes in tqdm(rows, desc="evaluating rows"):
+        scale, record = 1.0, {}
+        if changes is None:
+            if name == "untrained":
+                config = row_config({}, args.quick)
+                params = rnn.init_params(config.hidden, config.max_dim, torch.Generator().manual_seed(config.seed))
+                inputs, standardise = rnn.INPUTS, True
+            else:
+                params, inputs, standardise = shipped.params(), shipped.inputs, shipped.standardise
+                scale = {"shipped": 1.0, "shipped, noise x0.5": 0.5, "shipped, noise x0": 0.0}[name]
+        else:
+            saved = torch.load(weights[name], weights_only=False)
+            params, config = saved["params"], rnn.TrainConfig(**saved["config"])
+            inputs, standardise = config.inputs, config.standardise
+            record = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in saved["config"].items()},
+                      "minutes": saved["minutes"], "kept_iteration": saved["kept_iteration"]}
+        cells = evaluate(params, runs, budget, scale, inputs, standardise, references)
+        results.append({"row": name, "change": change, **record, "cells": cells, **summarise(cells, mark)})
+    summary = {"settings": {"runs": runs, "budget": budget, "iterations": ITERATIONS, "problems": PROBLEMS, "mark": mark,
+                            "recipe": {k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in asdict(row_config({}, args.quick)).items()}},
+               "rows": results, "machine": machine(), "minutes": round((time.time() - began) / 60, 1)}
     name = "blackbox_ablation-quick" if args.quick else "blackbox_ablation"
     write_json(RESULTS / f"{name}.json", summary)
-    table = []
-    for r in rows:
-        cells = []
-        for m in marks:
-            c = r[f"@{m}"]
-            cells.append(f"{c['median_difference']:+.3g} ({100 * c['lstm_better']:.0f}% better)" if "lstm_better" in c
-                         else f"{c['lstm']:.3g} vs {c['random']:.3g}")
-        table.append([r["problem"], f"{r['scale']:g}"] + cells)
-    text = ("# Black-box LSTM ablation: exploration noise at evaluation\n\n"
-            + markdown_table(["problem", "noise scale"] + [f"median regret @{m}: LSTM vs random" for m in marks], table)
-            + f"\n\nMedian over {runs} runs (same first queries and noise draws for every scale; random search on the "
-            "same generator). GP rows: median of the paired difference of best values, LSTM minus random search, "
-            "and the share of draws where the LSTM is better. Scale 1 is what `minimize` does. See the docstring of "
-            f"benchmarks/blackbox_ablation.py. {summary['cpu_seconds']} CPU-seconds. Machine: {summary['machine']}.\n")
+    table = [[r["row"], r["change"], f"{r['wins']}/{r['of']}", f"{r['geomean_ratio']:.2f}", f"{r['gp']:.3f}"]
+             for r in results]
+    detail = []
+    for r in results:
+        detail.append([r["row"]] + [f"{r['cells'][p][f'@{mark}']['lstm']:.3g}" for p in PROBLEMS])
+    detail.append(["random search"] + [f"{results[0]['cells'][p][f'@{mark}']['random']:.3g}" for p in PROBLEMS])
+    text = ("# Black-box LSTM ablation: one change at a time\n\n"
+            + markdown_table(["row", "change", "cells below random search",
+                              f"regret ratio to random @{mark} (geo. mean)", f"GP draws: median regret @{mark}"], table)
+            + f"\n\n## Median regret after {mark} evaluations\n\n" + markdown_table(["row"] + PROBLEMS, detail)
+            + f"\n\nEach trained row: {ITERATIONS} meta-iterations of the recipe with one change (unless the row changes "
+            f"the length), weights kept by early stopping on validation GP draws. {runs} runs of {budget} evaluations "
+            f"per problem; a cell counts when the median regret is below random search's on the same problem after 50, "
+            f"100 or 200 evaluations. See the docstring of benchmarks/blackbox_ablation.py. {summary['minutes']} "
+            f"minutes. Machine: {summary['machine']}.\n")
     write_atomic(RESULTS / f"{name}.md", text)
     print(text)
 

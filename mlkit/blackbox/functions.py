@@ -1,7 +1,8 @@
 """Standard global-optimisation test functions with their domains and known minima.
 
 Definitions as in Dixon & Szegö (1978) and the Virtual Library of Simulation Experiments (Surjanovic &
-Bingham): Branin, Goldstein-Price, Hartmann 3-D and Hartmann 6-D. Every function accepts a numpy array or
+Bingham): Branin, Goldstein-Price, Hartmann 3-D and Hartmann 6-D, and four that the learned optimiser is
+never tuned on: the six-hump camel, Rosenbrock 4-D, Ackley 3-D and Levy 5-D (domains as in that library). Every function accepts a numpy array or
 a torch tensor of shape ``[..., d]`` and returns ``[...]`` of the same kind, so one call evaluates a batch.
 """
 from __future__ import annotations
@@ -33,6 +34,30 @@ def _goldstein_price(x):
     first = 1 + (x1 + x2 + 1) ** 2 * (19 - 14 * x1 + 3 * x1 ** 2 - 14 * x2 + 6 * x1 * x2 + 3 * x2 ** 2)
     second = 30 + (2 * x1 - 3 * x2) ** 2 * (18 - 32 * x1 + 12 * x1 ** 2 + 48 * x2 - 36 * x1 * x2 + 27 * x2 ** 2)
     return first * second
+
+
+def _six_hump_camel(x):
+    x1, x2 = x[..., 0], x[..., 1]
+    return (4 - 2.1 * x1 ** 2 + x1 ** 4 / 3) * x1 ** 2 + x1 * x2 + (-4 + 4 * x2 ** 2) * x2 ** 2
+
+
+def _rosenbrock(x):
+    return (100 * (x[..., 1:] - x[..., :-1] ** 2) ** 2 + (x[..., :-1] - 1) ** 2).sum(-1)
+
+
+def _ackley(x):
+    xp, const = _backend(x)
+    d = x.shape[-1]
+    return (-20 * xp.exp(-0.2 * xp.sqrt((x ** 2).sum(-1) / d)) - xp.exp(xp.cos(2 * math.pi * x).sum(-1) / d)
+            + 20 + math.e)
+
+
+def _levy(x):
+    xp, const = _backend(x)
+    w = 1 + (x - 1) / 4
+    inner = ((w[..., :-1] - 1) ** 2 * (1 + 10 * xp.sin(math.pi * w[..., :-1] + 1) ** 2)).sum(-1)
+    last = (w[..., -1] - 1) ** 2 * (1 + xp.sin(2 * math.pi * w[..., -1]) ** 2)
+    return xp.sin(math.pi * w[..., 0]) ** 2 + inner + last
 
 
 _HARTMANN_ALPHA = [1.0, 1.2, 3.0, 3.2]
@@ -89,4 +114,11 @@ hartmann3 = TestFunction("Hartmann3", ((0.0, 1.0),) * 3, -3.86277978733266,
 hartmann6 = TestFunction("Hartmann6", ((0.0, 1.0),) * 6, -3.32236801141551,
                          ((0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573),), _hartmann(_HARTMANN6_A, _HARTMANN6_P))
 
+six_hump_camel = TestFunction("Six-hump camel", ((-3.0, 3.0), (-2.0, 2.0)), -1.0316284534898774,
+                              ((0.0898420131, -0.7126564030), (-0.0898420131, 0.7126564030)), _six_hump_camel)
+rosenbrock4 = TestFunction("Rosenbrock4", ((-5.0, 10.0),) * 4, 0.0, ((1.0,) * 4,), _rosenbrock)
+ackley3 = TestFunction("Ackley3", ((-32.768, 32.768),) * 3, 0.0, ((0.0,) * 3,), _ackley)
+levy5 = TestFunction("Levy5", ((-10.0, 10.0),) * 5, 0.0, ((1.0,) * 5,), _levy)
+
 ALL = {f.name: f for f in (branin, goldstein_price, hartmann3, hartmann6)}
+UNSEEN = {f.name: f for f in (six_hump_camel, rosenbrock4, ackley3, levy5)}

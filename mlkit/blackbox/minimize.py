@@ -59,6 +59,14 @@ def _resolve_optimizer(optimizer) -> rnn.LSTMOptimizer:
 
 
 def _check_bounds(bounds, max_dim: int) -> np.ndarray:
+    from scipy.optimize import Bounds
+
+    if isinstance(bounds, Bounds):  # SciPy's own form: lb and ub arrays of shape [d] (scalars: d = 1)
+        lb, ub = np.atleast_1d(np.asarray(bounds.lb, dtype=np.float64)), np.atleast_1d(np.asarray(bounds.ub, dtype=np.float64))
+        if lb.ndim != 1 or lb.shape != ub.shape:
+            raise ValueError(f"scipy Bounds must have lb and ub of the same shape [d], got {lb.shape} and {ub.shape}; "
+                             "give one (low, high) pair per dimension, e.g. Bounds([0, 0], [1, 1])")
+        bounds = np.stack([lb, ub], 1)
     try:
         array = np.asarray(bounds, dtype=np.float64)
     except (TypeError, ValueError):
@@ -91,7 +99,7 @@ class Minimizer:
     """Ask-and-tell access to the learned optimiser, for objectives that Python cannot call directly.
 
     Args:
-        bounds: ``[d, 2]`` (low, high) per dimension, ``1 <= d <= 6``.
+        bounds: ``[d, 2]`` (low, high) per dimension, ``1 <= d <= 6``, or a ``scipy.optimize.Bounds``.
         optimizer: ``None`` for the shipped :func:`load_pretrained`, an :class:`~mlkit.blackbox.rnn.LSTMOptimizer`
             or a path to a saved one.
         seed: ``None`` draws one (kept in ``self.seed``); run ``i`` of a batch uses ``seed + i``, so a batch
@@ -167,7 +175,8 @@ class Minimizer:
         unit[:, :self.dim] = torch.from_numpy(np.clip((x_array - low) / span, 0.0, 1.0))
         values = torch.from_numpy(np.where(failed, np.nan, y_array))
         with torch.no_grad():
-            self._state = rnn.observe(self._params, self._state, unit, values, self._mask)
+            self._state = rnn.observe(self._params, self._state, unit, values, self._mask, self.optimizer.inputs,
+                                      self.optimizer.standardise)
         messages = error if isinstance(error, (list, tuple)) else [error] * batch
         for run, message in enumerate(messages):
             if message is not None:
@@ -235,9 +244,9 @@ def minimize(f: Callable, bounds, budget: int = 100, optimizer=None, seed: int |
     Args:
         f: the objective. Called with a float64 vector ``[d]`` (numpy; a torch tensor if ``tensor=True``)
             and returning a number; with ``vectorized=True`` called with ``[R, d]`` and returning ``[R]``.
-        bounds: ``[d, 2]`` (low, high) per dimension, ``1 <= d <= 6``.
-        budget: number of evaluations per run. The shipped optimiser was trained for 100; longer runs work
-            but were not trained for.
+        bounds: ``[d, 2]`` (low, high) per dimension, ``1 <= d <= 6``, or a ``scipy.optimize.Bounds``.
+        budget: number of evaluations per run. The shipped optimiser was trained on runs of 100 and chosen on
+            runs of 200 (early stopping); longer runs work but were not trained for.
         optimizer: ``None`` (the shipped one), an :class:`~mlkit.blackbox.rnn.LSTMOptimizer` or a path.
         seed: reproducibility; run ``i`` uses ``seed + i``. ``None`` draws one (kept in ``result.seed``).
         runs: ``None`` for one run, or R independent runs advanced together (one LSTM batch).

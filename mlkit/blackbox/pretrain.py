@@ -1,4 +1,4 @@
-"""Meta-train the shipped optimiser: ``python -m mlkit.blackbox.pretrain`` (10-15 minutes on an idle CPU thread).
+"""Meta-train the shipped optimiser: ``python -m mlkit.blackbox.pretrain`` (about 20 minutes on an idle CPU thread).
 
 Writes ``mlkit/blackbox/pretrained/lstm.pt`` (or ``--out``) with the weights, every setting, the seed, the
 training time and a check on held-out GP draws against random search. Interrupted runs resume from
@@ -16,8 +16,9 @@ import torch
 
 from . import gp, rnn
 
-DEFAULT = rnn.TrainConfig(iterations=3000, batch=64, horizon=100, loss="ei", lr=3e-3, hidden=128, max_dim=6,
-                          features=256, lengthscale_range=(0.1, 1.0), clip=1.0, seed=0)
+DEFAULT = rnn.TrainConfig(iterations=3000, batch=64, horizon=100, loss="best", lr=3e-3, hidden=128, max_dim=6,
+                          features=256, lengthscale_range=(0.1, 1.0), clip=1.0, seed=0, start="local", warp=2.5,
+                          validate_every=250)
 PACKAGED = Path(__file__).resolve().parent / "pretrained" / "lstm.pt"
 
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                         "command": "python -m mlkit.blackbox.pretrain" + (f" {' '.join(argv)}" if argv else ""),
                         "config": {**asdict(config), "lengthscale_range": list(config.lengthscale_range)},
                         "final_loss": sum(tail) / len(tail), "minutes": history["seconds"] / 60,
+                        "validation": history["validation"], "kept_iteration": history.get("kept_iteration"),
                         "torch": str(torch.__version__), "threads": args.threads, "machine": platform.machine(),
                         "heldout": heldout_check(params)}
     optimizer.save(args.out)

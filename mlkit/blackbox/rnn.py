@@ -40,8 +40,14 @@ MAX_DIM = 6
 Z_CLIP = 5.0
 LOGIT_SCALE = 2.5
 LOG_SCALE_MID, LOG_SCALE_HALF = -2.5, 3.5  # log sigma = MID + HALF * tanh(raw), in [-6, 1]
-INIT_SCALE_RAW = math.atanh((0.4 - LOG_SCALE_MID) / LOG_SCALE_HALF)  # log sigma = 0.4 at the start
-LOSSES = ("sum", "oi", "ei")
+STARTS = {"local": 0.8, "uniform": 1.5}  # sigma (logit units) of the untrained head for each start
+LOSSES = ("sum", "oi", "ei", "best")
+INPUTS = ("x", "x_best", "value", "rank", "best_value")  # the groups of what the network reads
+
+
+def raw_scale(sigma: float) -> float:
+    """The head's pre-activation that gives ``sigma`` (logit units): the inverse of the tanh squashing."""
+    return math.atanh((math.log(sigma) - LOG_SCALE_MID) / LOG_SCALE_HALF)
 
 
 def input_size(max_dim: int) -> int:
@@ -55,13 +61,16 @@ def scaled_logit(x: Tensor) -> Tensor:
 
 
 def init_params(hidden: int = 128, max_dim: int = MAX_DIM, generator: torch.Generator | None = None,
-                dtype: torch.dtype = torch.float32) -> Params:
+                dtype: torch.dtype = torch.float32, start: str = "local") -> Params:
     """Fresh LSTM and output-head weights, ``name -> tensor``, uniform in ``+-1/sqrt(hidden)`` as torch's LSTM.
 
-    The forget-gate bias starts at 1. The head starts near zero with a wide Gaussian (sigma about 1.5 logit
-    units, close to uniform on the box), so an untrained optimiser behaves like random search; ``w_skip``
-    maps the inputs straight to the head, so that "search near the best point" is one linear map away.
+    The forget-gate bias starts at 1. ``w_skip`` maps the inputs straight to the head. ``start`` decides what
+    the untrained optimiser does: ``"local"`` (default) samples around the best point so far (``w_skip``
+    copies its logits to the mean, sigma 0.8 logit units), a local random search that already beats uniform
+    sampling on smooth functions; ``"uniform"`` has a zero mean and sigma 1.5, close to random search.
     """
+    if start not in STARTS:
+        raise ValueError(f"unknown start {start!r}: use one of {tuple(STARTS)}")
     bound = 1.0 / math.sqrt(hidden)
 
     def uniform(*shape: int) -> Tensor:
@@ -69,9 +78,28 @@ def init_params(hidden: int = 128, max_dim: int = MAX_DIM, generator: torch.Gene
 
     bias = uniform(4 * hidden)
     bias[hidden:2 * hidden] += 1.0
+    skip = torch.zeros(input_size(max_dim), 2 * max_dim, dtype=dtype)
+    if start == "local":
+        skip[max_dim:2 * max_dim, :max_dim] = LOGIT_SCALE * torch.eye(max_dim, dtype=dtype)
     return {"w_in": uniform(input_size(max_dim), 4 * hidden), "w_rec": uniform(hidden, 4 * hidden), "bias": bias,
-            "w_out": 0.1 * uniform(hidden, 2 * max_dim), "w_skip": torch.zeros(input_size(max_dim), 2 * max_dim, dtype=dtype),
-            "b_out": torch.cat([torch.zeros(max_dim, dtype=dtype), torch.full((max_dim,), INIT_SCALE_RAW, dtype=dtype)])}
+            "w_out": 0.1 * uniform(hidden, 2 * max_dim), "w_skip": skip,
+            "b_out": torch.cat([torch.zeros(max_dim, dtype=dtype),
+                                torch.full((max_dim,), raw_scale(STARTS[start]), dtype=dtype)])}
+
+
+def input_mask(max_dim: int, inputs=INPUTS, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[input_size]``: 1 where the network reads a group of ``inputs`` (see :data:`INPUTS`), 0 where it is dropped.
+
+    The mask is a group of the input, kept whole, so that a network with an input dropped has the same shape.
+    """
+    unknown = set(inputs) - set(INPUTS)
+    if unknown:
+        raise ValueError(f"unknown inputs {sorted(unknown)}: choose from {INPUTS}")
+    widths = {"x": max_dim, "x_best": max_dim, "value": 1, "rank": 1, "best_value": 1}
+    parts = [torch.full((widths[g],), float(g in inputs), dtype=dtype) for g in ("x", "x_best")]
+    parts.append(torch.ones(max_dim, dtype=dtype))  # the dimension mask is always read
+    parts += [torch.full((1,), float(g in inputs), dtype=dtype) for g in ("value", "rank", "best_value")]
+    return torch.cat(parts)
 
 
 class State(NamedTuple):
@@ -118,12 +146,15 @@ def propose(state: State, mask: Tensor, noise: Tensor, uniform: Tensor) -> Tenso
     return torch.sigmoid(state.logits + state.log_scale.exp() * noise) * mask
 
 
-def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor) -> State:
+def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor, inputs=INPUTS,
+            standardise: bool = True) -> State:
     """Read one evaluation per run and advance the LSTM one step.
 
     Args:
         x: ``[B, D]`` the queries (unit box, zero in unused slots); y: ``[B]`` their values, NaN or inf
             where the evaluation failed. mask: ``[B, D]``.
+        inputs: the groups of :data:`INPUTS` the network reads (the others are zeroed; for ablations).
+        standardise: read values standardised by their running statistics (default), or raw (clipped).
 
     Returns:
         The new :class:`State`, differentiable with respect to ``params``, ``x`` and ``y``.
@@ -136,13 +167,16 @@ def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor) ->
     y_m2 = state.y_m2 + torch.where(finite, delta * (y0 - y_mean), torch.zeros_like(y))
     variance = y_m2 / count.clamp(min=1)
     scale = torch.sqrt(torch.where(variance > 1e-24, variance, torch.ones_like(variance)))
-    z = torch.where(finite, ((y0 - y_mean) / scale).clamp(-Z_CLIP, Z_CLIP), torch.full_like(y, Z_CLIP))
+    centre = y_mean
+    if not standardise:
+        centre, scale = torch.zeros_like(y_mean), torch.ones_like(scale)
+    z = torch.where(finite, ((y0 - centre) / scale).clamp(-Z_CLIP, Z_CLIP), torch.full_like(y, Z_CLIP))
 
     improved = finite & (y0 < state.best_y)
     best_y = torch.where(improved, y0, state.best_y)
     best_x = torch.where(improved[:, None], x, state.best_x)
     has_best = torch.isfinite(best_y)
-    z_best = torch.where(has_best, ((torch.where(has_best, best_y, y_mean) - y_mean) / scale).clamp(-Z_CLIP, Z_CLIP),
+    z_best = torch.where(has_best, ((torch.where(has_best, best_y, centre) - centre) / scale).clamp(-Z_CLIP, Z_CLIP),
                          torch.full_like(y, Z_CLIP))
 
     value = torch.where(finite, y0, torch.full_like(y, math.inf))
@@ -152,20 +186,23 @@ def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor) ->
         rank = (state.observed > value[:, None]).to(y.dtype).mean(1)
     observed = torch.cat([state.observed, value.detach()[:, None]], 1)
 
-    inputs = torch.cat([scaled_logit(x) * mask, scaled_logit(best_x) * mask, mask, z[:, None], rank[:, None],
-                        z_best[:, None]], -1)
-    gates = inputs @ params["w_in"] + state.hidden @ params["w_rec"] + params["bias"]
+    read = torch.cat([scaled_logit(x) * mask, scaled_logit(best_x) * mask, mask, z[:, None], rank[:, None],
+                      z_best[:, None]], -1)
+    if tuple(inputs) != INPUTS:
+        read = read * input_mask(mask.shape[1], inputs, read.dtype)
+    gates = read @ params["w_in"] + state.hidden @ params["w_rec"] + params["bias"]
     in_gate, forget_gate, candidate, out_gate = gates.chunk(4, -1)
     cell = torch.sigmoid(forget_gate) * state.cell + torch.sigmoid(in_gate) * torch.tanh(candidate)
     hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
-    logits, raw_scale = (hidden @ params["w_out"] + inputs @ params["w_skip"] + params["b_out"]).chunk(2, -1)
+    logits, raw_scale = (hidden @ params["w_out"] + read @ params["w_skip"] + params["b_out"]).chunk(2, -1)
     log_scale = LOG_SCALE_MID + LOG_SCALE_HALF * torch.tanh(raw_scale)
     return State(hidden, cell, logits, log_scale, count, y_mean, y_m2, best_y, best_x, observed)
 
 
 def rollout(params: Params, objective: Callable[[Tensor], Tensor], mask: Tensor, steps: int,
             generator: torch.Generator | None = None, uniform: Tensor | None = None,
-            noise: Tensor | None = None, detach_inputs: bool = False) -> tuple[Tensor, Tensor]:
+            noise: Tensor | None = None, detach_inputs: bool = False, inputs=INPUTS,
+            standardise: bool = True) -> tuple[Tensor, Tensor]:
     """Run the optimiser for ``steps`` queries on a batch of objectives.
 
     Args:
@@ -174,6 +211,7 @@ def rollout(params: Params, objective: Callable[[Tensor], Tensor], mask: Tensor,
             for ``uniform [B, D]`` (the first query) and ``noise [B, steps, D]`` unless they are given.
         detach_inputs: stop gradients where the network reads a query and its value back, so that the
             loss reaches the weights only through the queries and the LSTM state (lower-variance gradients).
+        inputs, standardise: what the network reads, as in :func:`observe`.
 
     Returns:
         ``(xs [B, steps, D], ys [B, steps])``: the queries and their values, in order.
@@ -192,7 +230,8 @@ def rollout(params: Params, objective: Callable[[Tensor], Tensor], mask: Tensor,
         xs.append(x)
         ys.append(y)
         if t + 1 < steps:
-            state = observe(params, state, x.detach() if detach_inputs else x, y.detach() if detach_inputs else y, mask)
+            state = observe(params, state, x.detach() if detach_inputs else x, y.detach() if detach_inputs else y, mask,
+                            inputs, standardise)
     return torch.stack(xs, 1), torch.stack(ys, 1)
 
 
@@ -229,9 +268,16 @@ def trajectory_loss(kind: str, xs: Tensor, ys: Tensor, lengthscales: Tensor | No
 
     ``"sum"``: the mean observed value. ``"oi"``: observed improvement, the mean of
     ``min(y_t - min_{i<t} y_i, 0)`` over t >= 2. ``"ei"``: minus the mean expected improvement of each query
-    under the GP posterior of the earlier ones (needs the prior's ``lengthscales``).
+    under the GP posterior of the earlier ones (needs the prior's ``lengthscales``). ``"best"``: the mean of
+    the best value so far, the area under the best-so-far curve that benchmarks report at fixed budgets.
+
+    The observed improvements telescope: their sum is ``min_t y_t - y_1``, so the ``"oi"`` gradient reaches
+    the trajectory only through its first and its best query. ``"best"`` weighs each best point by how long
+    it stays the best, and every query that was the best at some step gets a gradient.
     """
     steps = ys.shape[1]
+    if kind == "best":
+        return torch.cummin(ys, 1).values.mean(1)
     if kind == "sum":
         return ys.mean(1)
     if kind == "oi":
@@ -260,6 +306,12 @@ class TrainConfig:
     clip: float = 1.0
     detach_inputs: bool = False
     seed: int = 0
+    start: str = "local"
+    inputs: tuple[str, ...] = INPUTS
+    standardise: bool = True
+    dims: tuple[int, int] | None = None  # (lowest, highest) training dimension; None: 1..max_dim
+    warp: float = 0.0  # the network reads expm1(c f) / c, c ~ U(0, warp) per function: heavy-tailed values
+    validate_every: int = 0  # > 0: score on validation draws this often and return the best weights
 
     def check(self) -> None:
         """Raise ``ValueError`` on settings that cannot train."""
@@ -271,13 +323,29 @@ class TrainConfig:
             raise ValueError(f"horizon must be at least 2, got {self.horizon}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}: use one of {LOSSES}")
+        if isinstance(self.validate_every, bool) or not isinstance(self.validate_every, int) or self.validate_every < 0:
+            raise ValueError(f"validate_every must be a non-negative integer, got {self.validate_every!r}")
+        if not self.warp >= 0:
+            raise ValueError(f"warp must be >= 0, got {self.warp!r}")
         if not (self.lr > 0 and self.clip > 0):
             raise ValueError(f"lr and clip must be positive, got lr={self.lr!r}, clip={self.clip!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"unknown start {self.start!r}: use one of {tuple(STARTS)}")
+        input_mask(self.max_dim, self.inputs)
+        low, high = self.dim_range
+        if not 1 <= low <= high <= self.max_dim:
+            raise ValueError(f"dims must be (low, high) with 1 <= low <= high <= max_dim={self.max_dim}, got {self.dims!r}")
+
+    @property
+    def dim_range(self) -> tuple[int, int]:
+        """The lowest and highest dimension of the training functions."""
+        return tuple(self.dims) if self.dims is not None else (1, self.max_dim)
 
 
 def sample_training_functions(config: TrainConfig, generator: torch.Generator) -> GPSample:
-    """One meta-batch: dimensions uniform in ``1..max_dim``, then a GP draw for each."""
-    dims = torch.randint(1, config.max_dim + 1, (config.batch,), generator=generator)
+    """One meta-batch: dimensions uniform in ``config.dim_range``, then a GP draw for each."""
+    low, high = config.dim_range
+    dims = torch.randint(low, high + 1, (config.batch,), generator=generator)
     return sample_gp(config.batch, dims, config.max_dim, config.features, tuple(config.lengthscale_range), generator)
 
 
@@ -288,24 +356,29 @@ def meta_train(config: TrainConfig, progress: bool = True, checkpoint: str | os.
     Adam with a cosine-decayed learning rate and gradient-norm clipping; everything random comes from one
     generator seeded with ``config.seed``. With ``checkpoint``, the run saves itself atomically every
     ``checkpoint_every`` iterations and resumes from there (it refuses a checkpoint of other settings).
+    With ``config.validate_every``, the weights are scored on :func:`validation_functions` (never trained on,
+    not the held-out test set) and the best-scoring weights are returned: early stopping.
 
     Returns:
-        ``(params, history)``: the trained weights and ``{"loss": [...], "seconds": float}``.
+        ``(params, history)``: the trained weights and ``{"loss": [...], "seconds": float, "validation":
+        [[iteration, score], ...]}`` (score: :func:`validation_score`, lower is better).
     """
     config.check()
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(config.seed)
-    params = {name: p.requires_grad_() for name, p in init_params(config.hidden, config.max_dim, generator).items()}
+    params = {name: p.requires_grad_()
+              for name, p in init_params(config.hidden, config.max_dim, generator, start=config.start).items()}
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, config.iterations) / config.iterations)))
-    history = {"loss": [], "seconds": 0.0}
+    history = {"loss": [], "seconds": 0.0, "validation": []}
+    best = None
     start = 0
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=False)
-        if saved["config"] != asdict(config):
+        if saved["config"] != _comparable(asdict(config)):
             raise ValueError(f"checkpoint {path} was written with other settings; delete it or pass another path")
         with torch.no_grad():
             for name, p in params.items():
@@ -313,15 +386,22 @@ def meta_train(config: TrainConfig, progress: bool = True, checkpoint: str | os.
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         generator.set_state(saved["generator"])
-        history, start = saved["history"], saved["iteration"]
+        history, start, best = saved["history"], saved["iteration"], saved.get("best")
 
     began = time.perf_counter() - history["seconds"]
     bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
                desc=f"meta-training ({config.loss})")
     for iteration in bar:
         functions = sample_training_functions(config, generator)
-        xs, ys = rollout(params, lambda x: gp_values(functions, x), functions.mask, config.horizon, generator,
-                         detach_inputs=config.detach_inputs)
+        objective = lambda x: gp_values(functions, x)  # noqa: E731
+        if config.warp > 0:
+            c = config.warp * torch.rand(config.batch, generator=generator)
+            objective = lambda x: torch.where(c > 1e-3, torch.expm1(c * gp_values(functions, x)) / c.clamp(min=1e-3),  # noqa: E731
+                                              gp_values(functions, x))
+        xs, ys = rollout(params, objective, functions.mask, config.horizon, generator,
+                         detach_inputs=config.detach_inputs, inputs=config.inputs, standardise=config.standardise)
+        if config.warp > 0:  # the loss is on the functions' own values: a warp changes what is read, not the goal
+            ys = gp_values(functions, xs)
         loss = trajectory_loss(config.loss, xs, ys, functions.lengthscales).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -332,21 +412,60 @@ def meta_train(config: TrainConfig, progress: bool = True, checkpoint: str | os.
         if iteration % 20 == 0:
             bar.set_postfix(loss=f"{sum(history['loss'][-20:]) / len(history['loss'][-20:]):.4f}")
         done = iteration + 1
+        if config.validate_every and (done % config.validate_every == 0 or done == config.iterations):
+            score = validation_score(params, config)
+            history["validation"].append([done, score])
+            if best is None or score < best["score"]:
+                best = {"score": score, "iteration": done, "params": {n: p.detach().clone() for n, p in params.items()}}
         if path is not None and (done % checkpoint_every == 0 or done == config.iterations):
             history["seconds"] = time.perf_counter() - began
-            _save_atomic({"config": asdict(config), "params": {n: p.detach() for n, p in params.items()},
+            _save_atomic({"config": _comparable(asdict(config)), "params": {n: p.detach() for n, p in params.items()},
                           "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                          "generator": generator.get_state(), "history": history, "iteration": done}, path)
+                          "generator": generator.get_state(), "history": history, "iteration": done, "best": best}, path)
     history["seconds"] = time.perf_counter() - began
+    if best is not None:
+        history["kept_iteration"] = best["iteration"]
+        return dict(best["params"]), history
     return {name: p.detach() for name, p in params.items()}, history
 
 
+VALIDATION_SEED = 31
+
+
+def validation_functions(config: TrainConfig, count: int = 256) -> GPSample:
+    """Fixed GP draws for early stopping: the training prior, dimensions cycling through ``config.dim_range``.
+
+    Their seed differs from meta-training's stream and from :func:`mlkit.blackbox.gp.heldout_functions`, the
+    test set, so choosing weights on them leaves the test set untouched.
+    """
+    low, high = config.dim_range
+    dims = torch.arange(count) % (high - low + 1) + low
+    return sample_gp(count, dims, config.max_dim, config.features, tuple(config.lengthscale_range),
+                     torch.Generator().manual_seed(VALIDATION_SEED))
+
+
 @torch.no_grad()
-def best_so_far(params: Params, functions: GPSample, steps: int, seed: int = 0) -> Tensor:
+def validation_score(params: Params, config: TrainConfig) -> float:
+    """Mean best value so far over ``2 * horizon`` queries on :func:`validation_functions` (fixed noise)."""
+    functions = validation_functions(config)
+    values = best_so_far({n: p.detach() for n, p in params.items()}, functions, 2 * config.horizon, seed=VALIDATION_SEED,
+                         inputs=config.inputs, standardise=config.standardise)
+    return values.mean().item()
+
+
+def _comparable(config: dict) -> dict:
+    """A config dict with tuples as lists, as a checkpoint stores it."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+@torch.no_grad()
+def best_so_far(params: Params, functions: GPSample, steps: int, seed: int = 0, inputs=INPUTS,
+                standardise: bool = True) -> Tensor:
     """Best value found after each query on every function of ``functions``: ``[B, steps]`` (no gradients)."""
     generator = torch.Generator().manual_seed(seed)
     params = {name: p.to(functions.weights.dtype) for name, p in params.items()}
-    _, ys = rollout(params, lambda x: gp_values(functions, x), functions.mask, steps, generator)
+    _, ys = rollout(params, lambda x: gp_values(functions, x), functions.mask, steps, generator, inputs=inputs,
+                    standardise=standardise)
     return torch.cummin(ys, 1).values
 
 
@@ -355,15 +474,21 @@ class LSTMOptimizer(nn.Module):
 
     Args:
         hidden: LSTM width H. max_dim: input slots D (problems of dimension 1..D). seed: initial weights.
+        start: the untrained behaviour (see :func:`init_params`). inputs, standardise: what the network
+            reads (see :func:`observe`; the defaults, except in ablations).
 
     ``params()`` gives the weights as a dict for the pure functions of this module (:func:`observe`,
     :func:`propose`, :func:`rollout`); :func:`mlkit.blackbox.minimize` runs it on a user's function.
     """
 
-    def __init__(self, hidden: int = 128, max_dim: int = MAX_DIM, seed: int = 0):
+    def __init__(self, hidden: int = 128, max_dim: int = MAX_DIM, seed: int = 0, start: str = "local",
+                 inputs=INPUTS, standardise: bool = True):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.weights = nn.ParameterDict({n: nn.Parameter(p) for n, p in init_params(hidden, max_dim, generator).items()})
+        self.weights = nn.ParameterDict({n: nn.Parameter(p)
+                                         for n, p in init_params(hidden, max_dim, generator, start=start).items()})
+        input_mask(max_dim, inputs)
+        self.inputs, self.standardise = tuple(inputs), bool(standardise)
         self.record: dict = {}
 
     @property
@@ -383,14 +508,16 @@ class LSTMOptimizer(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write weights and training record atomically (a plain dict of tensors, loadable with weights_only)."""
-        _save_atomic({"format": 1, "hidden": self.hidden, "max_dim": self.max_dim, "record": self.record,
+        _save_atomic({"format": 2, "hidden": self.hidden, "max_dim": self.max_dim, "record": self.record,
+                      "inputs": list(self.inputs), "standardise": self.standardise,
                       "params": {n: p.detach().cpu().clone() for n, p in self.weights.items()}}, Path(path))
 
     @classmethod
     def load(cls, path_or_file) -> "LSTMOptimizer":
         """Read what :meth:`save` wrote (a path or an open binary file)."""
         saved = torch.load(path_or_file, map_location="cpu", weights_only=True)
-        optimizer = cls(saved["hidden"], saved["max_dim"])
+        optimizer = cls(saved["hidden"], saved["max_dim"], inputs=tuple(saved.get("inputs", INPUTS)),
+                        standardise=saved.get("standardise", True))
         with torch.no_grad():
             for name, p in optimizer.weights.items():
                 p.copy_(saved["params"][name])

@@ -4,7 +4,7 @@ import torch
 
 from mlkit.blackbox import functions
 
-ALL = list(functions.ALL.values())
+ALL = list(functions.ALL.values()) + list(functions.UNSEEN.values())
 
 
 @pytest.mark.parametrize("f", ALL, ids=lambda f: f.name)
@@ -45,3 +45,12 @@ def test_branin_goldstein_price_known_values_elsewhere():
 def test_wrong_dimension_is_a_value_error():
     with pytest.raises(ValueError, match="dimension 2"):
         functions.branin(np.zeros(3))
+
+
+def test_unseen_functions_known_values_elsewhere():
+    # by hand: camel at (1, 1): (4 - 2.1 + 1/3) + 1 + 0 = 3.2333...; Rosenbrock at 0: 3 * (0 + 1) = 3;
+    # Ackley at (1, 0, 0): -20 exp(-0.2 sqrt(1/3)) - exp(1) + 20 + e; Levy at x = -3 (w = 0): sin(0)^2 + 4 (1 + 10 sin(1)^2) + 1 (1 + sin(0)^2)
+    assert functions.six_hump_camel(np.ones(2)) == pytest.approx(4 - 2.1 + 1 / 3 + 1)
+    assert functions.rosenbrock4(np.zeros(4)) == pytest.approx(3.0)
+    assert functions.ackley3(np.array([1.0, 0, 0])) == pytest.approx(-20 * np.exp(-0.2 * np.sqrt(1 / 3)) + 20)
+    assert functions.levy5(np.full(5, -3.0)) == pytest.approx(4 * (1 + 10 * np.sin(1.0) ** 2) + 1.0)

@@ -175,3 +175,31 @@ def test_observe_rejects_points_outside_the_bounds(optimizer):
     with pytest.raises(ValueError, match="shape"):
         asker.observe([0.5], 1.0)
     assert asker.nfev == 0
+
+
+def test_scipy_bounds_give_the_same_run_as_an_array(optimizer):
+    from scipy.optimize import Bounds
+
+    as_array = minimize(functions.branin, BRANIN_BOUNDS, budget=8, optimizer=optimizer, seed=3)
+    as_bounds = minimize(functions.branin, Bounds([-5.0, 0.0], [10.0, 15.0]), budget=8, optimizer=optimizer, seed=3)
+    np.testing.assert_array_equal(as_array.history_x, as_bounds.history_x)
+    with pytest.raises(ValueError, match="one \\(low, high\\) pair per dimension"):
+        minimize(functions.branin, Bounds(np.zeros((2, 1)), np.ones((2, 1))), budget=8, optimizer=optimizer)
+
+
+def test_minimize_runs_the_network_with_what_it_was_trained_to_read():
+    from mlkit.blackbox import rnn
+
+    optimizer = LSTMOptimizer(hidden=8, seed=1, inputs=("x", "x_best", "value"), standardise=False)
+    result = minimize(functions.hartmann3, functions.hartmann3.bounds, budget=7, optimizer=optimizer, seed=5)
+    generator = torch.Generator().manual_seed(5)  # the stream of run 0: a uniform and a normal draw per step
+    draws = [(torch.rand(6, generator=generator, dtype=torch.float64), torch.randn(6, generator=generator, dtype=torch.float64))
+             for _ in range(7)]
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0, 0, 0]], dtype=torch.float64)
+    params = {n: p.detach().double() for n, p in optimizer.params().items()}
+    xs, _ = rnn.rollout(params, lambda x: functions.hartmann3(x[:, :3]), mask, 7, uniform=draws[0][0][None],
+                        noise=torch.stack([n for _, n in draws])[None], inputs=optimizer.inputs, standardise=False)
+    np.testing.assert_allclose(result.history_x, xs[0, :, :3].numpy(), atol=1e-12)
+    other, _ = rnn.rollout(params, lambda x: functions.hartmann3(x[:, :3]), mask, 7, uniform=draws[0][0][None],
+                           noise=torch.stack([n for _, n in draws])[None])
+    assert not np.allclose(result.history_x, other[0, :, :3].numpy(), atol=1e-6)

@@ -107,7 +107,8 @@ def test_save_and_load_round_trip(tmp_path):
     assert all(torch.equal(loaded.params()[n], optimizer.params()[n]) for n in optimizer.params())
 
 
-@pytest.mark.parametrize("change", [{"loss": "mse"}, {"horizon": 1}, {"batch": 0}, {"lr": -1.0}])
+@pytest.mark.parametrize("change", [{"loss": "mse"}, {"horizon": 1}, {"batch": 0}, {"lr": -1.0}, {"warp": -1.0},
+                                    {"validate_every": -1}, {"start": "middle"}, {"inputs": ("x", "y")}])
 def test_bad_training_settings_are_a_value_error(change):
     with pytest.raises(ValueError):
         rnn.meta_train(rnn.TrainConfig(**change), progress=False)
@@ -124,3 +125,80 @@ def test_detached_inputs_change_the_gradient_not_the_trajectory():
         runs[detach] = (xs.detach(), torch.autograd.grad(loss.mean(), leaves["w_in"])[0])
     assert torch.equal(runs[False][0], runs[True][0])
     assert not torch.allclose(runs[False][1], runs[True][1])
+
+
+def test_best_so_far_loss_by_hand_and_observed_improvement_telescopes():
+    ys = torch.tensor([[3.0, 1.0, 2.0, 0.5], [1.0, 2.0, 3.0, 4.0]])
+    assert rnn.trajectory_loss("best", None, ys)[0].item() == pytest.approx((3 + 1 + 1 + 0.5) / 4)
+    # the improvements sum to (best - first): the OI gradient reaches only those two queries
+    assert torch.allclose(rnn.trajectory_loss("oi", None, ys) * 4, ys.min(1).values - ys[:, 0])
+
+
+def test_local_start_centres_the_first_proposal_on_the_best_point():
+    params = rnn.init_params(8, 3, torch.Generator().manual_seed(0), dtype=torch.float64, start="local")
+    params["w_out"] = torch.zeros_like(params["w_out"])
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
+    state = rnn.initial_state(params, 1)
+    best = torch.tensor([[0.2, 0.9, 0.0]], dtype=torch.float64)
+    state = rnn.observe(params, state, best, torch.tensor([1.0], dtype=torch.float64), mask)
+    state = rnn.observe(params, state, torch.tensor([[0.7, 0.1, 0.0]], dtype=torch.float64),
+                        torch.tensor([2.0], dtype=torch.float64), mask)
+    assert torch.allclose(state.logits[0, :2], torch.logit(best[0, :2]), atol=1e-12)
+    assert torch.allclose(state.log_scale.exp(), torch.full((1, 3), rnn.STARTS["local"], dtype=torch.float64))
+    uniform = rnn.init_params(8, 3, torch.Generator().manual_seed(0), dtype=torch.float64, start="uniform")
+    assert torch.count_nonzero(uniform["w_skip"]) == 0
+    with pytest.raises(ValueError, match="unknown start"):
+        rnn.init_params(8, 3, start="middle")
+
+
+@pytest.mark.parametrize("dropped", ["x", "x_best", "value", "rank", "best_value"])
+def test_a_dropped_input_group_reaches_nothing(dropped):
+    params, functions, uniform, noise = tiny_problem(seed=5)
+    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+    inputs = tuple(g for g in rnn.INPUTS if g != dropped)
+    xs, ys = rnn.rollout(leaves, lambda x: gp.gp_values(functions, x), functions.mask, 6, uniform=uniform, noise=noise,
+                         inputs=inputs)
+    grad = torch.autograd.grad(rnn.trajectory_loss("best", xs, ys).sum(), leaves["w_in"])[0]
+    read = rnn.input_mask(2, inputs, torch.float64)
+    assert read.sum() < read.numel() and (grad[read == 0] == 0).all()
+    assert (grad[read == 1].abs().sum(1) > 0).any()
+    with pytest.raises(ValueError, match="unknown inputs"):
+        rnn.input_mask(2, ("x", "gradient"))
+
+
+def test_standardised_reading_is_invariant_to_the_scale_and_offset_of_the_objective():
+    # the optimiser reads z (running standardisation) and ranks: f and 3 f + 7 give the same queries; read raw, they do not
+    params, functions, uniform, noise = tiny_problem(seed=6)
+    runs = {}
+    for standardise in (True, False):
+        for a, b in ((1.0, 0.0), (3.0, 7.0)):
+            xs, _ = rnn.rollout(params, lambda x: a * gp.gp_values(functions, x) + b, functions.mask, 6, uniform=uniform,
+                                noise=noise, standardise=standardise)
+            runs[standardise, a] = xs
+    assert torch.allclose(runs[True, 1.0], runs[True, 3.0], atol=1e-9)
+    assert not torch.allclose(runs[False, 1.0], runs[False, 3.0], atol=1e-6)
+
+
+def test_training_dimensions_follow_the_configured_range():
+    config = rnn.TrainConfig(batch=200, max_dim=6, features=8, dims=(2, 3))
+    functions = rnn.sample_training_functions(config, torch.Generator().manual_seed(0))
+    assert set(functions.dims.tolist()) == {2, 3}
+    with pytest.raises(ValueError, match="dims must be"):
+        rnn.meta_train(rnn.TrainConfig(dims=(0, 3)), progress=False)
+
+
+def test_early_stopping_returns_the_weights_with_the_best_validation_score():
+    config = rnn.TrainConfig(iterations=6, batch=4, horizon=4, hidden=6, features=8, seed=2, validate_every=2, lr=0.05,
+                             warp=2.0)
+    params, history = rnn.meta_train(config, progress=False)
+    scores = [score for _, score in history["validation"]]
+    assert [it for it, _ in history["validation"]] == [2, 4, 6]
+    assert rnn.validation_score(params, config) == pytest.approx(min(scores), abs=1e-6)
+    assert history["kept_iteration"] == history["validation"][scores.index(min(scores))][0]
+
+
+def test_saved_optimizer_keeps_what_its_network_reads(tmp_path):
+    optimizer = rnn.LSTMOptimizer(hidden=4, max_dim=2, inputs=("x", "rank"), standardise=False)
+    optimizer.save(tmp_path / "opt.pt")
+    loaded = rnn.LSTMOptimizer.load(tmp_path / "opt.pt")
+    assert loaded.inputs == ("x", "rank") and loaded.standardise is False
