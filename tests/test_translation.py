@@ -6,7 +6,8 @@ their place beside the English site.
   an edit of the English text, the update commands below must be run and the changed messages translated;
 - each translation keeps the markup of its message: roles and their targets, inline math, code spans, `%s`;
 - book/_config.zh_CN.yml is _config.yml but for its language;
-- after `make book`: every page of each edition links to the same page of the other, and the Chinese search index
+- after `make book`: every page of each edition links to the same page of the other, display math renders as math
+  (never as "\\[::", the literal-block notation Sphinx gives a translated math block), and the Chinese search index
   has Chinese words (Sphinx splits Chinese text with jieba; without it, only Latin words are indexed).
 
 The first three fail while a translation is unfinished; their messages say, per catalogue, what is missing. The
@@ -315,6 +316,36 @@ def test_chinese_search_index_has_chinese_words():
         f"the Chinese search index has {len(chinese)} Chinese words (is jieba installed? requirements.txt)"
     )
     assert max(map(len, chinese)) <= 8, f"unsplit Chinese text in the index: {max(chinese, key=len)[:40]!r}"
+
+
+BROKEN_MATH = re.compile(r'<div class="math[^"]*">\s*\\\[(?:\\begin\{split\})?\s*::')
+
+
+@pytest.mark.skipif(not (HTML / "zh_CN").is_dir(), reason="needs `make book` (both editions in _build/html)")
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_translated_display_math_renders_as_math(language):
+    """A display-math block whose translation differs from its message (translated \\text{...} words) must render its
+    translated LaTeX, not "\\[:: ...\\]" (Sphinx's literal-block notation, which MyST does not read; book_i18n's
+    TranslatedDisplayMath), and every page must have as many display-math blocks as its English page."""
+    folder = HTML / EDITION_FOLDERS[language]
+    problems, pages = [], 0
+    for page in sorted(folder.rglob("*.html")):
+        rel = page.relative_to(folder)
+        if rel.parts[0].startswith("_"):
+            continue
+        pages += 1
+        html = page.read_text(encoding="utf-8")
+        broken = BROKEN_MATH.findall(html)
+        if broken:
+            problems.append(f"{rel.as_posix()}: {len(broken)} display-math blocks render as '::'")
+        english = HTML / rel
+        if english.is_file():
+            count = html.count('<div class="math')
+            expected = english.read_text(encoding="utf-8").count('<div class="math')
+            if count != expected:
+                problems.append(f"{rel.as_posix()}: {count} display-math blocks, {expected} in English")
+    assert pages > 20, f"only {pages} pages found under {folder}"
+    assert not problems, "\n".join(problems)
 
 
 # --- the checks themselves, on small catalogues ----------------------------------------------------------------

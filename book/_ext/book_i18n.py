@@ -18,6 +18,12 @@ node, and only then does the gettext builder extract the page's messages; for th
 first wraps the subtitle's text in an inline node that carries the message, which the rebuilt title keeps, so
 "Twenty ways" is extracted in page order.
 
+Display math keeps its LaTeX when translated. Sphinx's Locale transform treats a math_block like a literal block: a
+translation that differs from its message (the words of a \\text{...} translated) is parsed as "::" followed by the
+indented LaTeX, which MyST (unlike reStructuredText) reads as a paragraph, so the block rendered as \\[::  ...\\] and
+nothing warned. TranslatedDisplayMath (just before Locale) makes such a translation the block's text and takes the
+block out of Locale's hands.
+
 The captions of the table of contents are translated. sphinx-external-toc inserts the root page's toctrees (with
 the parts' captions of _toc.yml) at priority 100, after Locale has translated the page, so the gettext builder
 extracts the captions (book/intro.po) but nothing translates them; TranslateTocCaptions does, from the root page's
@@ -48,6 +54,7 @@ from sphinx.locale import init as init_locale
 from sphinx.transforms import SphinxTransform
 from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util.i18n import docname_to_domain
+from sphinx.util.nodes import is_translatable
 
 
 class UntranslatedOutputs(SphinxTransform):
@@ -108,6 +115,33 @@ class ExerciseTitleMessages(SphinxPostTransform):
             message.uid = getattr(subtitle, "uid", "")
             subtitle.children = []
             subtitle += message
+
+
+class TranslatedDisplayMath(SphinxTransform):
+    default_priority = 19  # just before Locale
+
+    def apply(self, **kwargs):
+        from sphinx.builders.gettext import MessageCatalogBuilder
+
+        if not self.config.language or isinstance(self.app.builder, MessageCatalogBuilder):
+            return
+        blocks = [node for node in self.document.findall(nodes.math_block) if is_translatable(node)]
+        if not blocks:
+            return
+        domain = docname_to_domain(self.env.docname, self.config.gettext_compact)
+        dirs = [path.join(self.env.srcdir, d) for d in self.config.locale_dirs]
+        catalog, has_catalog = init_locale(dirs, self.config.language, domain)
+        if not has_catalog:
+            return
+        for node in blocks:
+            msg = node.rawsource or node.astext()
+            msgstr = catalog.gettext(msg)
+            if msgstr and msgstr != msg:  # LaTeX with translated \text{...} words: it is the block's new text
+                node.rawsource = msgstr
+                node.children = []
+                node += nodes.Text(msgstr)
+                node["translatable"] = False  # Locale would make it a paragraph "::" + the LaTeX
+                node["translated"] = True
 
 
 class TranslateTocCaptions(SphinxTransform):
@@ -192,5 +226,6 @@ def setup(app):
     app.add_transform(ExerciseTitles)
     app.add_transform(TranslatedExerciseTitles)
     app.add_post_transform(ExerciseTitleMessages)
+    app.add_transform(TranslatedDisplayMath)
     app.add_transform(TranslateTocCaptions)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
