@@ -9,7 +9,7 @@ The Chinese edition (`_build/html/zh_CN`, where `make book` puts it) is checked 
 more: the language switch leads from a page to the same page in the other edition and back, Chinese text is drawn
 with a real CJK font (not as boxes: Debian's fonts-noto-cjk, which .ci/run installs), and no paragraph, heading, list
 item, caption or table row of a page's text is left in English (code cells and their outputs stay English by
-design, see book/_ext/book_i18n.py).
+design, see book/_ext/book_i18n.py; the captions of the figures that code cells make are translated and checked).
 
 Needs `make book` first, Debian's `chromium` (or BOOK_CHROMIUM=/path/to/chromium) and the
 `playwright` Python package (no browser download: it drives the system Chromium). Skipped,
@@ -374,19 +374,24 @@ def test_chinese_text_is_drawn_with_a_cjk_font(page_path, base_url, browser):
 
 
 # The text of the page's article that is in English: each paragraph, heading, list item, term, caption or admonition
-# title (without its nested blocks), and each table row, with code, math, outputs of code cells, citations and the
-# bibliography left out, that has three Latin words and no Chinese character, or a run of eight Latin words.
+# title (without its nested blocks), and each table row, with code, math, outputs of code cells (but for the captions of
+# the figures they make), citations and the bibliography left out, that has three Latin words and no Chinese
+# character, or a run of eight Latin words.
 _ENGLISH_PROSE_JS = r"""
 () => {
   const blocks = "p, li, dt, dd, h1, h2, h3, h4, h5, h6, figcaption, caption, .admonition-title, tr";
-  const skip = "pre, code, kbd, .highlight, .cell_output, .output, mjx-container, .math, script, style, .headerlink, "
+  const skipAround = "pre, code, kbd, .highlight, mjx-container, .math, script, style, .headerlink, "
              + ".citation, .toggle-details, summary, .cell_input, a[href*='bibliography.html#']";
+  const skip = skipAround + ", .cell_output, .output";
   const cjk = /[\u3400-\u9fff\uf900-\ufaff]/;
   const run = /(?:[A-Za-z][A-Za-z'’-]*[\s,;:()]+){7,}[A-Za-z]/;
   const article = document.querySelector("article.bd-article") || document.body;
   const found = [];
   for (const el of article.querySelectorAll(blocks)) {
-    if (el.closest(skip) || (el.tagName !== "TR" && el.closest("tr"))) continue;  // a table is checked by rows
+    // A figure's caption is checked inside a cell's output too (myst-nb puts the caption of a figure made by a code
+    // cell, from the cell's metadata, into the output; it is a message of the page's catalogue).
+    const outside = el.tagName === "FIGCAPTION" ? skipAround : skip;
+    if (el.closest(outside) || (el.tagName !== "TR" && el.closest("tr"))) continue;  // a table is checked by rows
     const copy = el.cloneNode(true);
     copy.querySelectorAll(skip).forEach(n => n.remove());
     if (el.tagName !== "TR") copy.querySelectorAll(blocks).forEach(n => n.remove());

@@ -7,7 +7,9 @@ like the page's own text, so the gettext builder would make a message of every c
 "± 0.25", ...): about 1,300 of the book's 2,560 messages, whose msgids change whenever the notebooks are re-executed.
 UntranslatedOutputs marks every text node inside a cell's output as not translatable before Sphinx extracts or
 translates messages (sphinx.transforms.i18n.Locale, priority 20): the translated editions show the outputs as
-committed. Code and text outputs are literal blocks, never messages (gettext_additional_targets is empty).
+committed. Code and text outputs are literal blocks, never messages (gettext_additional_targets is empty). The
+captions of figures that code cells make (myst-nb's `mystnb: figure: caption:` cell metadata, rendered inside the
+output) are the exception: they are written by hand, so they stay messages, with the source and line of their cell.
 
 The titles of exercises are messages. sphinx-exercise builds the title of `{exercise} Twenty ways` as a subtitle node
 without a source or raw text, which Sphinx skips as a built-in message; ExerciseTitles gives it both, before Locale,
@@ -54,7 +56,7 @@ from sphinx.locale import init as init_locale
 from sphinx.transforms import SphinxTransform
 from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util.i18n import docname_to_domain
-from sphinx.util.nodes import is_translatable
+from sphinx.util.nodes import get_node_line, get_node_source, is_translatable
 
 
 class UntranslatedOutputs(SphinxTransform):
@@ -64,8 +66,14 @@ class UntranslatedOutputs(SphinxTransform):
         for output in self.document.findall(nodes.container):
             if "cell_output" in output.get("classes", []):
                 # (An image would be a message only with alt text, which no output image has.)
+                captions = set()
+                for caption in output.findall(nodes.caption):
+                    captions.update(caption.findall(nodes.Element))  # the caption and its inline markup
+                    caption.source = caption.source or get_node_source(caption)
+                    caption.line = caption.line or get_node_line(caption)
                 for node in output.findall(nodes.TextElement):
-                    node["translatable"] = False
+                    if node not in captions:
+                        node["translatable"] = False
 
 
 class ExerciseTitles(SphinxTransform):
