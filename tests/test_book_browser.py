@@ -390,7 +390,7 @@ _ENGLISH_PROSE_JS = r"""
   for (const el of article.querySelectorAll(blocks)) {
     // A figure's caption is checked inside a cell's output too (myst-nb puts the caption of a figure made by a code
     // cell, from the cell's metadata, into the output; it is a message of the page's catalogue).
-    const outside = el.tagName === "FIGCAPTION" ? skipAround : skip;
+    const outside = el.closest("figcaption") ? skipAround : skip;  // the caption and its paragraph
     if (el.closest(outside) || (el.tagName !== "TR" && el.closest("tr"))) continue;  // a table is checked by rows
     const copy = el.cloneNode(true);
     copy.querySelectorAll(skip).forEach(n => n.remove());
