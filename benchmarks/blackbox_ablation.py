@@ -34,12 +34,11 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CHECKPOINTS, RESULTS, machine, markdown_table, write_atomic, write_json  # noqa: E402
-from mlkit.blackbox import functions, gp, load_pretrained, pretrain, rnn  # noqa: E402
+from blackbox import FUNCTIONS, PROBLEMS, gp_minima  # noqa: E402  (the benchmark's problems and GP reference minima)
+from mlkit.blackbox import gp, load_pretrained, pretrain, rnn  # noqa: E402
 
 ITERATIONS = 400
 MARKS = (50, 100, 200)
-FUNCTIONS = {**functions.ALL, **functions.UNSEEN}
-PROBLEMS = [*FUNCTIONS, "GP"]
 NO_RANK = tuple(g for g in rnn.INPUTS if g != "rank")
 NO_BEST = tuple(g for g in rnn.INPUTS if g not in ("x_best", "best_value"))
 RANK_ONLY = tuple(g for g in rnn.INPUTS if g not in ("value", "best_value"))
@@ -109,11 +108,6 @@ def problem(name: str, runs: int):
     return (lambda x: f(low + (high - low) * x[:, :f.dim])), mask, torch.full((runs,), f.minimum, dtype=torch.float64)
 
 
-def gp_minima(runs: int) -> torch.Tensor:
-    sample = gp.select(gp.heldout_functions(), slice(0, runs))
-    return gp.estimate_minimum(sample, starts=128, steps=200, generator=torch.Generator().manual_seed(0))[0]
-
-
 def evaluate(params, runs: int, budget: int, scale: float, inputs, standardise, references: dict) -> dict:
     """Median best-so-far regret after each mark on every problem, and random search's on the same runs."""
     params = {k: v.detach().double() for k, v in params.items()}
@@ -144,7 +138,7 @@ def random_references(runs: int, budget: int) -> dict:
         ys = torch.stack([objective(xs[:, t] * mask) for t in range(budget)], 1)
         best = torch.cummin(ys, 1).values
         if minima is None:
-            minima = torch.minimum(gp_minima(runs), best[:, -1])
+            minima = torch.minimum(torch.from_numpy(gp_minima(runs, [])), best[:, -1])
         references[name] = (best, minima)
     return references
 

@@ -125,21 +125,26 @@ class ExerciseTitleMessages(SphinxPostTransform):
             subtitle += message
 
 
+def page_catalog(transform: SphinxTransform):
+    """The message catalogue of the transform's page in a translated build; None when the build is not translated,
+    extracts messages (gettext builder), or the page has no catalogue."""
+    from sphinx.builders.gettext import MessageCatalogBuilder
+
+    if not transform.config.language or isinstance(transform.app.builder, MessageCatalogBuilder):
+        return None
+    domain = docname_to_domain(transform.env.docname, transform.config.gettext_compact)
+    dirs = [path.join(transform.env.srcdir, d) for d in transform.config.locale_dirs]
+    catalog, has_catalog = init_locale(dirs, transform.config.language, domain)
+    return catalog if has_catalog else None
+
+
 class TranslatedDisplayMath(SphinxTransform):
     default_priority = 19  # just before Locale
 
     def apply(self, **kwargs):
-        from sphinx.builders.gettext import MessageCatalogBuilder
-
-        if not self.config.language or isinstance(self.app.builder, MessageCatalogBuilder):
-            return
         blocks = [node for node in self.document.findall(nodes.math_block) if is_translatable(node)]
-        if not blocks:
-            return
-        domain = docname_to_domain(self.env.docname, self.config.gettext_compact)
-        dirs = [path.join(self.env.srcdir, d) for d in self.config.locale_dirs]
-        catalog, has_catalog = init_locale(dirs, self.config.language, domain)
-        if not has_catalog:
+        catalog = page_catalog(self) if blocks else None
+        if catalog is None:
             return
         for node in blocks:
             msg = node.rawsource or node.astext()
@@ -156,17 +161,9 @@ class TranslateTocCaptions(SphinxTransform):
     default_priority = 101  # after sphinx_external_toc.events.InsertToctrees
 
     def apply(self, **kwargs):
-        from sphinx.builders.gettext import MessageCatalogBuilder
-
-        if not self.config.language or isinstance(self.app.builder, MessageCatalogBuilder):
-            return
         toctrees = [node for node in self.document.findall(addnodes.toctree) if node.get("caption")]
-        if not toctrees:
-            return
-        domain = docname_to_domain(self.env.docname, self.config.gettext_compact)
-        dirs = [path.join(self.env.srcdir, d) for d in self.config.locale_dirs]
-        catalog, has_catalog = init_locale(dirs, self.config.language, domain)
-        if not has_catalog:
+        catalog = page_catalog(self) if toctrees else None
+        if catalog is None:
             return
         for node in toctrees:
             msgstr = catalog.gettext(node["caption"])
