@@ -395,9 +395,7 @@ def meta_train(config: TrainConfig, progress: bool = True, checkpoint: str | os.
         functions = sample_training_functions(config, generator)
         objective = lambda x: gp_values(functions, x)  # noqa: E731
         if config.warp > 0:
-            c = config.warp * torch.rand(config.batch, generator=generator)
-            objective = lambda x: torch.where(c > 1e-3, torch.expm1(c * gp_values(functions, x)) / c.clamp(min=1e-3),  # noqa: E731
-                                              gp_values(functions, x))
+            objective = _warped(objective, config.warp * torch.rand(config.batch, generator=generator))
         xs, ys = rollout(params, objective, functions.mask, config.horizon, generator,
                          detach_inputs=config.detach_inputs, inputs=config.inputs, standardise=config.standardise)
         if config.warp > 0:  # the loss is on the functions' own values: a warp changes what is read, not the goal
@@ -451,6 +449,14 @@ def validation_score(params: Params, config: TrainConfig) -> float:
     values = best_so_far({n: p.detach() for n, p in params.items()}, functions, 2 * config.horizon, seed=VALIDATION_SEED,
                          inputs=config.inputs, standardise=config.standardise)
     return values.mean().item()
+
+
+def _warped(objective: Callable[[Tensor], Tensor], c: Tensor) -> Callable[[Tensor], Tensor]:
+    """``objective`` read through ``expm1(c f) / c`` (per function; ``f`` itself where ``c`` is near 0)."""
+    def read(x: Tensor) -> Tensor:
+        y = objective(x)
+        return torch.where(c > 1e-3, torch.expm1(c * y) / c.clamp(min=1e-3), y)
+    return read
 
 
 def _comparable(config: dict) -> dict:
