@@ -15,13 +15,14 @@ and held-out GP draws (dimensions 1-6; run r optimises draw r; the reference min
 multi-start gradient descent on the draw and of every method's queries; normalised regret divides by each
 draw's median value minus its minimum). Each run is seeded (run r: seed r).
 
-Methods: the shipped LSTM optimiser (``mlkit.blackbox.minimize``; its quality runs are batched, which the
+Methods: the shipped LSTM optimiser, which reads the suggestion of a cheap GP surrogate
+(``mlkit.blackbox.minimize``; its quality runs are batched, which the
 tests prove equal to single runs; its timing comes from single runs), uniform random search, Optuna's
 TPE sampler (defaults), CMA-ES (``cma``, sigma0 = 0.3 of the box, random start; 1-D problems get a dummy
 second coordinate, as cma needs two), and BoTorch's GP with log expected improvement (LogEI, the
 numerically robust form of EI; 2(d + 1) Sobol points first; each run refits a GP per query, so it ran 3
 runs on Branin, Hartmann 6-D and the GP draws only: ``--methods gp-ei --problems Branin Hartmann6 GP
---gp-ei-runs 3``). Budget: 200 evaluations (twice the LSTM's training horizon of 100); 100 for GP-EI.
+--gp-ei-runs 3``). Budget: 200 evaluations; 100 for GP-EI.
 The report ends with the targets: the LSTM below random search everywhere, within 2x of TPE on the GP
 draws, at least 100x cheaper per suggestion than GP-LogEI.
 
@@ -49,7 +50,7 @@ from mlkit.blackbox import functions, gp, load_pretrained, minimize  # noqa: E40
 FUNCTIONS = {**functions.ALL, **functions.UNSEEN}
 PROBLEMS = [*FUNCTIONS, "GP"]
 METHODS = ["lstm", "random", "tpe", "cma", "gp-ei"]
-LABELS = {"lstm": "LSTM (mlkit, learned)", "random": "random search", "tpe": "TPE (Optuna)", "cma": "CMA-ES (cma)",
+LABELS = {"lstm": "LSTM + GP surrogate (mlkit)", "random": "random search", "tpe": "TPE (Optuna)", "cma": "CMA-ES (cma)",
           "gp-ei": "GP-LogEI (BoTorch)"}
 HORIZON = 100
 GP_FUNCTIONS = 256
@@ -381,8 +382,9 @@ def main() -> None:
                + (f". GP-LogEI takes at least {goals['speedup_over_gp_ei']:.0f}x the LSTM's time per suggestion "
                   "(target >= 100)." if goals["speedup_over_gp_ei"] else "."))
     text = (table(summary) + verdict + "\n\nBest-so-far regret (median [quartiles]) after 10/50/100/200 evaluations; time per "
-            "suggestion excludes the objective (median over runs; the LSTM's from single, unbatched runs). LSTM "
-            f"trained for {HORIZON} evaluations on GP draws. Machine: {machine()}; shared with other jobs, "
+            "suggestion excludes the objective (median over runs; the LSTM's from single, unbatched runs). The "
+            "shipped LSTM reads a GP surrogate's suggestion and is not meta-trained (benchmarks/blackbox_ablation.py "
+            f"says why); the dotted line marks {HORIZON} evaluations, where the targets read the GP draws. Machine: {machine()}; shared with other jobs, "
             "so timings are indicative and quality numbers (driven by evaluation counts) are not affected." + not_run + "\n")
     print(text)
     if args.quick:

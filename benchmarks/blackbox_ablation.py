@@ -1,16 +1,19 @@
-"""Why the first black-box LSTM lost to random search, and what each part of the new recipe is worth.
+"""Why the first black-box LSTM lost to random search, and what each part of a recipe is worth.
 
     python benchmarks/blackbox_ablation.py              # every row: about 60 CPU-minutes
     python benchmarks/blackbox_ablation.py --quick      # 3 rows, 40 iterations, 8 runs of 50 evaluations: a smoke test
 
-Each row trains the optimiser with the shipped recipe (``mlkit.blackbox.pretrain.DEFAULT``) except for ONE
-change, for the same short budget (``ITERATIONS`` meta-iterations with the same early stopping on validation
-draws), then runs it beside random search on the same runs of the nine problems of benchmarks/blackbox.py:
+Each trained row trains the optimiser with the model-free recipe (``MODEL_FREE``: the network reads the
+queries and values only, as in Chen et al. 2017; it was the shipped recipe before the surrogate input) except
+for ONE change, for the same short budget (``ITERATIONS`` meta-iterations with the same early stopping on
+validation draws), then runs it beside random search on the same runs of the nine problems of benchmarks/blackbox.py:
 Branin, Goldstein-Price, Hartmann 3-D and 6-D, the unseen six-hump camel, Rosenbrock 4-D, Ackley 3-D and
 Levy 5-D (regret against the known minimum), and held-out GP draws (run r optimises draw r; regret against
 the best of multi-start gradient descent and every query). Rows without training: the untrained network
-(``start="local"``), the shipped weights, and the shipped weights with the exploration noise scaled at
-evaluation (``sigmoid(mu + scale * sigma * eps)``; ``minimize`` uses scale 1, as in training).
+(``start="local"``), the shipped weights (``mlkit.blackbox.pretrain.DEFAULT``: the network that reads the GP
+surrogate's suggestion, ``start="model"``, not meta-trained), and the shipped weights with the exploration noise
+scaled at evaluation (``sigmoid(mu + scale * sigma * eps)``; ``minimize`` uses scale 1, as in training). One
+more trained row meta-trains the shipped network (300 iterations, ``pretrain --iterations 300``).
 
 Reported per row: the cells (problem x {50, 100, 200} evaluations) where the median regret is below random
 search's, of 27; the geometric mean over problems of the ratio of median regrets at 100 evaluations (below 1:
@@ -39,12 +42,15 @@ from mlkit.blackbox import gp, load_pretrained, pretrain, rnn  # noqa: E402
 
 ITERATIONS = 400
 MARKS = (50, 100, 200)
-NO_RANK = tuple(g for g in rnn.INPUTS if g != "rank")
-NO_BEST = tuple(g for g in rnn.INPUTS if g not in ("x_best", "best_value"))
-RANK_ONLY = tuple(g for g in rnn.INPUTS if g not in ("value", "best_value"))
+MODEL_FREE = rnn.TrainConfig(iterations=3000, batch=64, horizon=100, loss="best", lr=3e-3, hidden=128, max_dim=6,
+                             features=256, lengthscale_range=(0.1, 1.0), clip=1.0, seed=0, start="local", warp=2.5,
+                             validate_every=250, inputs=rnn.BASE_INPUTS)
+NO_RANK = tuple(g for g in rnn.BASE_INPUTS if g != "rank")
+NO_BEST = tuple(g for g in rnn.BASE_INPUTS if g not in ("x_best", "best_value"))
+RANK_ONLY = tuple(g for g in rnn.BASE_INPUTS if g not in ("value", "best_value"))
 # (row, what it changes, training changes); None: no training (evaluated as it is)
 ROWS = [
-    ("recipe", "the shipped recipe, trained as briefly as every other row", {}),
+    ("recipe", "the model-free recipe, trained as briefly as every other row", {}),
     ("old recipe", "uniform start, EI loss, no warp: how the first shipped optimiser was trained",
      {"start": "uniform", "loss": "ei", "warp": 0.0}),
     ("uniform start", "untrained head samples the whole box (sigma 1.5), not around the best point", {"start": "uniform"}),
@@ -63,16 +69,20 @@ ROWS = [
     ("length scales 0.05-0.5", "rougher training functions", {"lengthscale_range": (0.05, 0.5)}),
     ("length scales 0.2-2", "smoother training functions", {"lengthscale_range": (0.2, 2.0)}),
     ("trained on 1-3-D", "training draws of dimension 1-3 only; tested on 2-6", {"dims": (1, 3)}),
+    ("model-free, 3000 iterations", "the recipe at full length: the optimiser mlkit shipped before the surrogate input",
+     {"iterations": 3000, "validate_every": 250}),
     ("untrained", "the untrained network (local start)", None),
-    ("shipped", "the packaged weights (mlkit/blackbox/pretrained/lstm.pt)", None),
+    ("surrogate, 300 iterations", "that network meta-trained for 300 iterations of 32 draws (pretrain --iterations 300)",
+     {"start": "model", "inputs": rnn.INPUTS, "iterations": 300, "batch": 32, "lr": 1e-3}),
+    ("shipped", "the packaged weights (mlkit/blackbox/pretrained/lstm.pt): the surrogate's reader, untrained", None),
     ("shipped, noise x0.5", "packaged weights, exploration noise halved at evaluation", None),
     ("shipped, noise x0", "packaged weights, no exploration noise at evaluation", None),
 ]
-QUICK_ROWS = ("recipe", "old recipe", "untrained")
+QUICK_ROWS = ("recipe", "old recipe", "untrained", "shipped")
 
 
 def row_config(changes: dict, quick: bool) -> rnn.TrainConfig:
-    config = replace(pretrain.DEFAULT, iterations=ITERATIONS, validate_every=100)
+    config = replace(MODEL_FREE, iterations=ITERATIONS, validate_every=100)
     config = replace(config, **changes)
     if quick:
         config = replace(config, iterations=40, validate_every=20, batch=16)
@@ -118,8 +128,8 @@ def evaluate(params, runs: int, budget: int, scale: float, inputs, standardise, 
         uniform = torch.rand(runs, rnn.MAX_DIM, generator=generator, dtype=torch.float64)
         noise = torch.randn(runs, budget, rnn.MAX_DIM, generator=generator, dtype=torch.float64)
         with torch.no_grad():
-            _, ys = rnn.rollout(params, objective, mask, budget, uniform=uniform, noise=scale * noise, inputs=inputs,
-                                standardise=standardise)
+            _, ys = rnn.rollout(params, objective, mask, budget, generator, uniform=uniform, noise=scale * noise,
+                                inputs=inputs, standardise=standardise)  # the generator: the surrogate's candidates
         learned = torch.cummin(torch.where(torch.isfinite(ys), ys, torch.full_like(ys, math.inf)), 1).values
         random, reference_minima = references[name]
         minima = reference_minima if minima is None else minima
@@ -177,7 +187,7 @@ def main():
             if name == "untrained":
                 config = row_config({}, args.quick)
                 params = rnn.init_params(config.hidden, config.max_dim, torch.Generator().manual_seed(config.seed))
-                inputs, standardise = rnn.INPUTS, True
+                inputs, standardise = rnn.BASE_INPUTS, True
             else:
                 params, inputs, standardise = shipped.params(), shipped.inputs, shipped.standardise
                 scale = {"shipped": 1.0, "shipped, noise x0.5": 0.5, "shipped, noise x0": 0.0}[name]

@@ -19,6 +19,10 @@ Design here (one pure core, batched over functions; :class:`LSTMOptimizer` is a 
   scale; ``r`` is also unchanged by any increasing transform, which helps on heavy-tailed objectives.
 - A failed evaluation (NaN or inf) never becomes the best, is left out of the running statistics and is
   read as the worst possible value: ``z = +5``, ``r = 0``.
+- With the ``"model"`` input (the shipped optimiser has it), the network also reads the suggestion of a cheap
+  Gaussian-process surrogate fitted to the ``z`` values so far (:mod:`mlkit.blackbox.surrogate`): the point
+  ``x_model`` and the posterior mean and standard deviation there. ``start="model"`` makes the untrained
+  network query ``x_model`` (with a little noise); meta-training learns what to do with it.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from . import surrogate
 from .gp import GPSample, gp_values, rbf_kernel, sample_gp
 
 Params = dict[str, Tensor]
@@ -40,9 +45,10 @@ MAX_DIM = 6
 Z_CLIP = 5.0
 LOGIT_SCALE = 2.5
 LOG_SCALE_MID, LOG_SCALE_HALF = -2.5, 3.5  # log sigma = MID + HALF * tanh(raw), in [-6, 1]
-STARTS = {"local": 0.8, "uniform": 1.5}  # sigma (logit units) of the untrained head for each start
+STARTS = {"local": 0.8, "uniform": 1.5, "model": 0.005}  # sigma (logit units) of the untrained head for each start
 LOSSES = ("sum", "oi", "ei", "best")
-INPUTS = ("x", "x_best", "value", "rank", "best_value")  # the groups of what the network reads
+BASE_INPUTS = ("x", "x_best", "value", "rank", "best_value")
+INPUTS = (*BASE_INPUTS, "model")  # the groups of what the network reads; "model" widens the input
 
 
 def raw_scale(sigma: float) -> float:
@@ -50,9 +56,10 @@ def raw_scale(sigma: float) -> float:
     return math.atanh((math.log(sigma) - LOG_SCALE_MID) / LOG_SCALE_HALF)
 
 
-def input_size(max_dim: int) -> int:
-    """Width of the LSTM input: x, x_best (as scaled logits) and the mask (``max_dim`` each), then z, r, z_best."""
-    return 3 * max_dim + 3
+def input_size(max_dim: int, model: bool = False) -> int:
+    """Width of the LSTM input: x, x_best (as scaled logits) and the mask (``max_dim`` each), then z, r, z_best;
+    with ``model``, then x_model (``max_dim``), its posterior mean and standard deviation."""
+    return 3 * max_dim + 3 + (max_dim + 2 if model else 0)
 
 
 def scaled_logit(x: Tensor) -> Tensor:
@@ -61,16 +68,21 @@ def scaled_logit(x: Tensor) -> Tensor:
 
 
 def init_params(hidden: int = 128, max_dim: int = MAX_DIM, generator: torch.Generator | None = None,
-                dtype: torch.dtype = torch.float32, start: str = "local") -> Params:
+                dtype: torch.dtype = torch.float32, start: str = "local", inputs=BASE_INPUTS) -> Params:
     """Fresh LSTM and output-head weights, ``name -> tensor``, uniform in ``+-1/sqrt(hidden)`` as torch's LSTM.
 
     The forget-gate bias starts at 1. ``w_skip`` maps the inputs straight to the head. ``start`` decides what
     the untrained optimiser does: ``"local"`` (default) samples around the best point so far (``w_skip``
     copies its logits to the mean, sigma 0.8 logit units), a local random search that already beats uniform
-    sampling on smooth functions; ``"uniform"`` has a zero mean and sigma 1.5, close to random search.
+    sampling on smooth functions; ``"uniform"`` has a zero mean and sigma 1.5, close to random search;
+    ``"model"`` queries the surrogate's suggestion (sigma 0.005, ``w_out`` zero) and needs ``"model"`` in ``inputs``, which
+    decides the input width (:func:`input_size`).
     """
     if start not in STARTS:
         raise ValueError(f"unknown start {start!r}: use one of {tuple(STARTS)}")
+    model = "model" in inputs
+    if start == "model" and not model:
+        raise ValueError('start="model" copies the surrogate\'s suggestion, so inputs must include "model"')
     bound = 1.0 / math.sqrt(hidden)
 
     def uniform(*shape: int) -> Tensor:
@@ -78,13 +90,19 @@ def init_params(hidden: int = 128, max_dim: int = MAX_DIM, generator: torch.Gene
 
     bias = uniform(4 * hidden)
     bias[hidden:2 * hidden] += 1.0
-    skip = torch.zeros(input_size(max_dim), 2 * max_dim, dtype=dtype)
+    width = input_size(max_dim, model)
+    skip = torch.zeros(width, 2 * max_dim, dtype=dtype)
     if start == "local":
         skip[max_dim:2 * max_dim, :max_dim] = LOGIT_SCALE * torch.eye(max_dim, dtype=dtype)
-    return {"w_in": uniform(input_size(max_dim), 4 * hidden), "w_rec": uniform(hidden, 4 * hidden), "bias": bias,
-            "w_out": 0.1 * uniform(hidden, 2 * max_dim), "w_skip": skip,
-            "b_out": torch.cat([torch.zeros(max_dim, dtype=dtype),
-                                torch.full((max_dim,), raw_scale(STARTS[start]), dtype=dtype)])}
+    if start == "model":
+        skip[3 * max_dim + 3:4 * max_dim + 3, :max_dim] = LOGIT_SCALE * torch.eye(max_dim, dtype=dtype)
+    params = {"w_in": uniform(width, 4 * hidden), "w_rec": uniform(hidden, 4 * hidden), "bias": bias,
+              "w_out": 0.1 * uniform(hidden, 2 * max_dim), "w_skip": skip,
+              "b_out": torch.cat([torch.zeros(max_dim, dtype=dtype),
+                                  torch.full((max_dim,), raw_scale(STARTS[start]), dtype=dtype)])}
+    if start == "model":  # the untrained optimiser queries the surrogate's suggestion, with the head's noise only
+        params["w_out"] = torch.zeros_like(params["w_out"])
+    return params
 
 
 def input_mask(max_dim: int, inputs=INPUTS, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -99,6 +117,8 @@ def input_mask(max_dim: int, inputs=INPUTS, dtype: torch.dtype = torch.float32) 
     parts = [torch.full((widths[g],), float(g in inputs), dtype=dtype) for g in ("x", "x_best")]
     parts.append(torch.ones(max_dim, dtype=dtype))  # the dimension mask is always read
     parts += [torch.full((1,), float(g in inputs), dtype=dtype) for g in ("value", "rank", "best_value")]
+    if "model" in inputs:  # read whole or not at all: it changes the width (and costs a GP fit per step)
+        parts.append(torch.ones(max_dim + 2, dtype=dtype))
     return torch.cat(parts)
 
 
@@ -108,7 +128,7 @@ class State(NamedTuple):
     ``hidden, cell [B, H]``: the LSTM state. ``logits, log_scale [B, D]``: the Gaussian of the next query in
     logit space. ``count, y_mean, y_m2 [B]``: running statistics of the finite values (Welford).
     ``best_y [B]`` (inf before any finite value), ``best_x [B, D]``. ``observed [B, n]``: every value so far,
-    +inf where an evaluation failed.
+    +inf where an evaluation failed. ``queries [B, n, D]``: every query so far (no gradients; the surrogate's data).
     """
 
     hidden: Tensor
@@ -121,6 +141,7 @@ class State(NamedTuple):
     best_y: Tensor
     best_x: Tensor
     observed: Tensor
+    queries: Tensor
 
 
 def initial_state(params: Params, batch: int) -> State:
@@ -131,7 +152,8 @@ def initial_state(params: Params, batch: int) -> State:
     zeros = like.new_zeros(batch)
     return State(like.new_zeros(batch, hidden), like.new_zeros(batch, hidden), like.new_zeros(batch, max_dim),
                  like.new_zeros(batch, max_dim), zeros, zeros, zeros, torch.full_like(zeros, math.inf),
-                 torch.full_like(like.new_zeros(batch, max_dim), 0.5), like.new_zeros(batch, 0))
+                 torch.full_like(like.new_zeros(batch, max_dim), 0.5), like.new_zeros(batch, 0),
+                 like.new_zeros(batch, 0, max_dim))
 
 
 def propose(state: State, mask: Tensor, noise: Tensor, uniform: Tensor) -> Tensor:
@@ -146,8 +168,8 @@ def propose(state: State, mask: Tensor, noise: Tensor, uniform: Tensor) -> Tenso
     return torch.sigmoid(state.logits + state.log_scale.exp() * noise) * mask
 
 
-def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor, inputs=INPUTS,
-            standardise: bool = True) -> State:
+def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor, inputs=BASE_INPUTS,
+            standardise: bool = True, candidate_draws: Tensor | None = None) -> State:
     """Read one evaluation per run and advance the LSTM one step.
 
     Args:
@@ -155,6 +177,7 @@ def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor, in
             where the evaluation failed. mask: ``[B, D]``.
         inputs: the groups of :data:`INPUTS` the network reads (the others are zeroed; for ablations).
         standardise: read values standardised by their running statistics (default), or raw (clipped).
+        candidate_draws: ``[B, C, D]`` uniform draws for the surrogate's candidates; needed with ``"model"``.
 
     Returns:
         The new :class:`State`, differentiable with respect to ``params``, ``x`` and ``y``.
@@ -185,10 +208,19 @@ def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor, in
     else:
         rank = (state.observed > value[:, None]).to(y.dtype).mean(1)
     observed = torch.cat([state.observed, value.detach()[:, None]], 1)
+    queries = torch.cat([state.queries, x.detach()[:, None, :]], 1)
 
-    read = torch.cat([scaled_logit(x) * mask, scaled_logit(best_x) * mask, mask, z[:, None], rank[:, None],
-                      z_best[:, None]], -1)
-    if tuple(inputs) != INPUTS:
+    parts = [scaled_logit(x) * mask, scaled_logit(best_x) * mask, mask, z[:, None], rank[:, None], z_best[:, None]]
+    if "model" in inputs:
+        if candidate_draws is None:
+            raise ValueError('the "model" input needs candidate_draws [B, C, D] (uniform draws for the candidates)')
+        with torch.no_grad():  # every value as the network reads it, failed ones (inf) at the clip: the worst
+            zs = ((observed - centre[:, None]) / scale[:, None]).clamp(-Z_CLIP, Z_CLIP)
+            points = surrogate.candidates(best_x.detach(), mask, candidate_draws)
+            x_model, model_mean, model_sd = surrogate.suggest(queries, zs, points)
+        parts += [scaled_logit(x_model) * mask, model_mean.clamp(-Z_CLIP, Z_CLIP)[:, None], model_sd[:, None]]
+    read = torch.cat(parts, -1)
+    if tuple(inputs) not in (INPUTS, BASE_INPUTS):
         read = read * input_mask(mask.shape[1], inputs, read.dtype)
     gates = read @ params["w_in"] + state.hidden @ params["w_rec"] + params["bias"]
     in_gate, forget_gate, candidate, out_gate = gates.chunk(4, -1)
@@ -196,19 +228,21 @@ def observe(params: Params, state: State, x: Tensor, y: Tensor, mask: Tensor, in
     hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
     logits, raw_scale = (hidden @ params["w_out"] + read @ params["w_skip"] + params["b_out"]).chunk(2, -1)
     log_scale = LOG_SCALE_MID + LOG_SCALE_HALF * torch.tanh(raw_scale)
-    return State(hidden, cell, logits, log_scale, count, y_mean, y_m2, best_y, best_x, observed)
+    return State(hidden, cell, logits, log_scale, count, y_mean, y_m2, best_y, best_x, observed, queries)
 
 
 def rollout(params: Params, objective: Callable[[Tensor], Tensor], mask: Tensor, steps: int,
             generator: torch.Generator | None = None, uniform: Tensor | None = None,
-            noise: Tensor | None = None, detach_inputs: bool = False, inputs=INPUTS,
-            standardise: bool = True) -> tuple[Tensor, Tensor]:
+            noise: Tensor | None = None, detach_inputs: bool = False, inputs=BASE_INPUTS,
+            standardise: bool = True, candidate_draws: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Run the optimiser for ``steps`` queries on a batch of objectives.
 
     Args:
         objective: ``x [B, D] -> y [B]``, one function per row (differentiable for meta-training).
         mask: ``[B, D]`` the slots each function uses. generator: the random stream of the queries, used
-            for ``uniform [B, D]`` (the first query) and ``noise [B, steps, D]`` unless they are given.
+            for ``uniform [B, D]`` (the first query) and ``noise [B, steps, D]`` unless they are given, and,
+            with the ``"model"`` input, for the surrogate's candidates (drawn after them, step by step,
+            unless ``candidate_draws [B, steps, C, D]`` gives them).
         detach_inputs: stop gradients where the network reads a query and its value back, so that the
             loss reaches the weights only through the queries and the LSTM state (lower-variance gradients).
         inputs, standardise: what the network reads, as in :func:`observe`.
@@ -230,8 +264,12 @@ def rollout(params: Params, objective: Callable[[Tensor], Tensor], mask: Tensor,
         xs.append(x)
         ys.append(y)
         if t + 1 < steps:
+            draws = None
+            if "model" in inputs:
+                draws = (candidate_draws[:, t] if candidate_draws is not None else
+                         torch.rand(batch, surrogate.CANDIDATES, max_dim, generator=generator, dtype=dtype))
             state = observe(params, state, x.detach() if detach_inputs else x, y.detach() if detach_inputs else y, mask,
-                            inputs, standardise)
+                            inputs, standardise, draws)
     return torch.stack(xs, 1), torch.stack(ys, 1)
 
 
@@ -294,7 +332,7 @@ def trajectory_loss(kind: str, xs: Tensor, ys: Tensor, lengthscales: Tensor | No
 class TrainConfig:
     """Settings of meta-training; the artefact records them."""
 
-    iterations: int = 3000
+    iterations: int = 3000  # 0: no meta-training, the initial weights (see init_params' start)
     batch: int = 128
     horizon: int = 100
     loss: str = "oi"
@@ -307,7 +345,7 @@ class TrainConfig:
     detach_inputs: bool = False
     seed: int = 0
     start: str = "local"
-    inputs: tuple[str, ...] = INPUTS
+    inputs: tuple[str, ...] = BASE_INPUTS
     standardise: bool = True
     dims: tuple[int, int] | None = None  # (lowest, highest) training dimension; None: 1..max_dim
     warp: float = 0.0  # the network reads expm1(c f) / c, c ~ U(0, warp) per function: heavy-tailed values
@@ -317,8 +355,9 @@ class TrainConfig:
         """Raise ``ValueError`` on settings that cannot train."""
         for name in ("iterations", "batch", "horizon", "hidden", "max_dim", "features"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "iterations" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'iterations' else 'positive'} integer, "
+                                 f"got {value!r}")
         if self.horizon < 2:
             raise ValueError(f"horizon must be at least 2, got {self.horizon}")
         if self.loss not in LOSSES:
@@ -332,6 +371,8 @@ class TrainConfig:
         if self.start not in STARTS:
             raise ValueError(f"unknown start {self.start!r}: use one of {tuple(STARTS)}")
         input_mask(self.max_dim, self.inputs)
+        if self.start == "model" and "model" not in self.inputs:
+            raise ValueError('start="model" copies the surrogate\'s suggestion, so inputs must include "model"')
         low, high = self.dim_range
         if not 1 <= low <= high <= self.max_dim:
             raise ValueError(f"dims must be (low, high) with 1 <= low <= high <= max_dim={self.max_dim}, got {self.dims!r}")
@@ -368,10 +409,12 @@ def meta_train(config: TrainConfig, progress: bool = True, checkpoint: str | os.
 
     generator = torch.Generator().manual_seed(config.seed)
     params = {name: p.requires_grad_()
-              for name, p in init_params(config.hidden, config.max_dim, generator, start=config.start).items()}
+              for name, p in init_params(config.hidden, config.max_dim, generator, start=config.start,
+                                         inputs=config.inputs).items()}
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, config.iterations) / config.iterations)))
+        optimizer,
+        lambda i: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, config.iterations) / max(config.iterations, 1))))
     history = {"loss": [], "seconds": 0.0, "validation": []}
     best = None
     start = 0
@@ -465,7 +508,7 @@ def _comparable(config: dict) -> dict:
 
 
 @torch.no_grad()
-def best_so_far(params: Params, functions: GPSample, steps: int, seed: int = 0, inputs=INPUTS,
+def best_so_far(params: Params, functions: GPSample, steps: int, seed: int = 0, inputs=BASE_INPUTS,
                 standardise: bool = True) -> Tensor:
     """Best value found after each query on every function of ``functions``: ``[B, steps]`` (no gradients)."""
     generator = torch.Generator().manual_seed(seed)
@@ -488,11 +531,11 @@ class LSTMOptimizer(nn.Module):
     """
 
     def __init__(self, hidden: int = 128, max_dim: int = MAX_DIM, seed: int = 0, start: str = "local",
-                 inputs=INPUTS, standardise: bool = True):
+                 inputs=BASE_INPUTS, standardise: bool = True):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.weights = nn.ParameterDict({n: nn.Parameter(p)
-                                         for n, p in init_params(hidden, max_dim, generator, start=start).items()})
+        self.weights = nn.ParameterDict({n: nn.Parameter(p) for n, p in
+                                         init_params(hidden, max_dim, generator, start=start, inputs=inputs).items()})
         input_mask(max_dim, inputs)
         self.inputs, self.standardise = tuple(inputs), bool(standardise)
         self.record: dict = {}
@@ -522,7 +565,7 @@ class LSTMOptimizer(nn.Module):
     def load(cls, path_or_file) -> "LSTMOptimizer":
         """Read what :meth:`save` wrote (a path or an open binary file)."""
         saved = torch.load(path_or_file, map_location="cpu", weights_only=True)
-        optimizer = cls(saved["hidden"], saved["max_dim"], inputs=tuple(saved.get("inputs", INPUTS)),
+        optimizer = cls(saved["hidden"], saved["max_dim"], inputs=tuple(saved.get("inputs", BASE_INPUTS)),
                         standardise=saved.get("standardise", True))
         with torch.no_grad():
             for name, p in optimizer.weights.items():

@@ -9,9 +9,14 @@ from mlkit.blackbox import EvaluationError, LSTMOptimizer, Minimizer, functions,
 BRANIN_BOUNDS = functions.branin.bounds
 
 
-@pytest.fixture(scope="module")
-def optimizer():
-    """A small untrained optimiser: these tests pin the interface, not the quality (see test_pretrained.py)."""
+@pytest.fixture(scope="module", params=["model-free", "surrogate"])
+def optimizer(request):
+    """A small untrained optimiser, without and with the surrogate input: these tests pin the interface, not the
+    quality (see test_pretrained.py)."""
+    from mlkit.blackbox import rnn
+
+    if request.param == "surrogate":
+        return LSTMOptimizer(hidden=16, seed=0, start="model", inputs=rnn.INPUTS)
     return LSTMOptimizer(hidden=16, seed=0)
 
 
@@ -203,3 +208,22 @@ def test_minimize_runs_the_network_with_what_it_was_trained_to_read():
     other, _ = rnn.rollout(params, lambda x: functions.hartmann3(x[:, :3]), mask, 7, uniform=draws[0][0][None],
                            noise=torch.stack([n for _, n in draws])[None])
     assert not np.allclose(result.history_x, other[0, :, :3].numpy(), atol=1e-6)
+
+
+def test_minimize_with_the_model_input_is_the_rollout_on_the_runs_own_stream():
+    from mlkit.blackbox import rnn, surrogate
+
+    optimizer = LSTMOptimizer(hidden=8, seed=1, start="model", inputs=rnn.INPUTS)
+    result = minimize(functions.hartmann3, functions.hartmann3.bounds, budget=7, optimizer=optimizer, seed=5)
+    generator = torch.Generator().manual_seed(5)  # per step: a uniform and a normal draw, then the candidates
+    steps = [(torch.rand(6, generator=generator, dtype=torch.float64), torch.randn(6, generator=generator, dtype=torch.float64),
+              torch.rand(surrogate.CANDIDATES, 6, generator=generator, dtype=torch.float64)) for _ in range(7)]
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0, 0, 0]], dtype=torch.float64)
+    params = {n: p.detach().double() for n, p in optimizer.params().items()}
+    xs, _ = rnn.rollout(params, lambda x: functions.hartmann3(x[:, :3]), mask, 7, uniform=steps[0][0][None],
+                        noise=torch.stack([n for _, n, _ in steps])[None], inputs=rnn.INPUTS,
+                        candidate_draws=torch.stack([c for _, _, c in steps])[None])
+    np.testing.assert_allclose(result.history_x, xs[0, :, :3].numpy(), atol=1e-12)
+    batch = minimize(functions.hartmann3, functions.hartmann3.bounds, budget=7, optimizer=optimizer, seed=5, runs=2,
+                     vectorized=True)
+    np.testing.assert_allclose(batch[0].history_x, result.history_x, atol=1e-12)
