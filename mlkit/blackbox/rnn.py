@@ -75,14 +75,11 @@ def init_params(hidden: int = 128, max_dim: int = MAX_DIM, generator: torch.Gene
     the untrained optimiser does: ``"local"`` (default) samples around the best point so far (``w_skip``
     copies its logits to the mean, sigma 0.8 logit units), a local random search that already beats uniform
     sampling on smooth functions; ``"uniform"`` has a zero mean and sigma 1.5, close to random search;
-    ``"model"`` queries the surrogate's suggestion (sigma 0.005, ``w_out`` zero) and needs ``"model"`` in ``inputs``, which
-    decides the input width (:func:`input_size`).
+    ``"model"`` queries the surrogate's suggestion (sigma 0.005, ``w_out`` zero) and needs ``"model"`` in
+    ``inputs``, which decides the input width (:func:`input_size`).
     """
-    if start not in STARTS:
-        raise ValueError(f"unknown start {start!r}: use one of {tuple(STARTS)}")
+    check_start(start, inputs)
     model = "model" in inputs
-    if start == "model" and not model:
-        raise ValueError('start="model" copies the surrogate\'s suggestion, so inputs must include "model"')
     bound = 1.0 / math.sqrt(hidden)
 
     def uniform(*shape: int) -> Tensor:
@@ -103,6 +100,14 @@ def init_params(hidden: int = 128, max_dim: int = MAX_DIM, generator: torch.Gene
     if start == "model":  # the untrained optimiser queries the surrogate's suggestion, with the head's noise only
         params["w_out"] = torch.zeros_like(params["w_out"])
     return params
+
+
+def check_start(start: str, inputs) -> None:
+    """Raise ``ValueError`` unless ``start`` is one of :data:`STARTS` and fits ``inputs``."""
+    if start not in STARTS:
+        raise ValueError(f"unknown start {start!r}: use one of {tuple(STARTS)}")
+    if start == "model" and "model" not in inputs:
+        raise ValueError('start="model" copies the surrogate\'s suggestion, so inputs must include "model"')
 
 
 def input_mask(max_dim: int, inputs=INPUTS, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -368,11 +373,8 @@ class TrainConfig:
             raise ValueError(f"warp must be >= 0, got {self.warp!r}")
         if not (self.lr > 0 and self.clip > 0):
             raise ValueError(f"lr and clip must be positive, got lr={self.lr!r}, clip={self.clip!r}")
-        if self.start not in STARTS:
-            raise ValueError(f"unknown start {self.start!r}: use one of {tuple(STARTS)}")
+        check_start(self.start, self.inputs)
         input_mask(self.max_dim, self.inputs)
-        if self.start == "model" and "model" not in self.inputs:
-            raise ValueError('start="model" copies the surrogate\'s suggestion, so inputs must include "model"')
         low, high = self.dim_range
         if not 1 <= low <= high <= self.max_dim:
             raise ValueError(f"dims must be (low, high) with 1 <= low <= high <= max_dim={self.max_dim}, got {self.dims!r}")
